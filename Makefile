@@ -1,0 +1,42 @@
+# `make demo` and `make test` work on a fresh machine: they install what is missing, then run.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+# ffcv builds from source against turbojpeg and OpenCV; install them only when missing.
+.apt.ok:
+	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then :; else \
+		echo "installing $(APT_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+$(STAMP): pyproject.toml .apt.ok
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import sgformer, torch, timm, ffcv, mlflow, dvc" 
+	@touch $@
+
+demo: install
+	$(VENV)/bin/dvc repro
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	$(PY) benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) .apt.ok

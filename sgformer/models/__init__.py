@@ -1,0 +1,1 @@
+from .sgformer import SGFormer, checkpoint_filter_fn, load_official_checkpoint  # noqa: F401
