@@ -22,12 +22,13 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml .apt.ok
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	@echo "installing the Python stack into $(VENV) (log: $(VENV)/pip.log)"
+	@$(PY) -m pip install -e '.[dev]' > $(VENV)/pip.log 2>&1 || { grep -v "is ignored" $(VENV)/pip.log | tail -40; exit 1; }
 	$(PY) -c "import sgformer, torch, timm, ffcv, mlflow, dvc" 
 	@touch $@
 
 demo: install
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 test: install
 	$(PY) -m pytest

@@ -1,0 +1,1 @@
+"""Evaluation helpers: FLOPs, throughput, accuracy, pictures."""

@@ -1,0 +1,38 @@
+"""The `describe` stage writes one metrics record per variant."""
+import json
+
+import pytest
+
+from pipeline.describe import main
+
+PARAMS = """
+variants:
+  a:
+    model: sgformer_nano
+    img_size: 64
+    num_classes: 10
+  b:
+    model: sgformer_nano
+    img_size: 96
+    num_classes: 3
+"""
+
+
+def test_describe_writes_metrics(tmp_path):
+    params = tmp_path / 'params.yaml'
+    params.write_text(PARAMS)
+    out = tmp_path / 'metrics' / 'models.json'
+    main(['--params', str(params), '--out', str(out)])
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {'a', 'b'}
+    assert metrics['a']['output_shape'] == [1, 10] and metrics['b']['output_shape'] == [1, 3]
+    assert metrics['b']['gmacs'] > metrics['a']['gmacs'] > 0  # cost grows with resolution
+    assert not list(out.parent.glob('*.tmp'))
+
+
+def test_describe_bad_params_exits_with_message(tmp_path):
+    params = tmp_path / 'params.yaml'
+    params.write_text(PARAMS.replace('img_size: 64', 'img_size: 0'))
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--params', str(params), '--out', str(tmp_path / 'm.json')])
+    assert 'variants.a.img_size' in str(exit_info.value.code)
