@@ -69,15 +69,6 @@ def _build(name: str, source: str, official: Path | None, img_size: tuple[int, i
     return timm.create_model(name, img_size=img_size) if 'swin' in name or 'deit' in name else timm.create_model(name)
 
 
-def _macs(model, x) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x[:1])
-    return counter.get_total_flops() / 2  # one multiply-add = 2 FLOPs; the paper reports MACs
-
-
 def _sync(device):
     import torch
     if device.type == 'cuda':
@@ -111,8 +102,9 @@ def run_worker(spec: dict) -> dict:
     model = _build(spec['name'], spec['source'], spec['official'] and Path(spec['official']), (h, w)).to(device)
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(spec['infer_batch'], 3, h, w, device=device)
+    from sgformer.eval.flops import count_macs  # also counts the CPU SDPA kernel
     model.eval()
-    macs = _macs(model, x)
+    macs = count_macs(model, (3, h, w), device=device)
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
     runner = torch.compile(model) if spec['compile'] else model
 
