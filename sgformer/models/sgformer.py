@@ -135,6 +135,17 @@ def _split_kv(kv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Ten
     return k, v
 
 
+def _fused_linear(x: torch.Tensor, *layers: nn.Linear) -> list[torch.Tensor]:
+    """Apply several Linear layers that read the same input as one matmul; returns their outputs.
+
+    One wide GEMM reads `x` once and, in backward, sums the input gradient inside the GEMM
+    instead of adding one gradient per layer.
+    """
+    weight = torch.cat([layer.weight for layer in layers])
+    biases = [layer.bias if layer.bias is not None else weight.new_zeros(layer.out_features) for layer in layers]
+    return list(F.linear(x, weight, torch.cat(biases)).split([layer.out_features for layer in layers], dim=-1))
+
+
 def _merge_heads(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """`B, heads, H * W, head_dim` -> `B, H, W, C`."""
     B, h, _, d = x.shape
@@ -251,8 +262,9 @@ class AttentionBase(nn.Module):
         dropout_p = self.attn_drop if self.training else 0.
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=self.scale)
 
-    def _lepe(self, x: torch.Tensor) -> torch.Tensor:
-        return _nhwc(self.lepe_conv(_nchw(self.lepe_linear(x))))
+    def _lepe(self, lepe_in: torch.Tensor) -> torch.Tensor:
+        """Depthwise 3x3 conv of `lepe_linear(x)` (computed by the caller, fused with q)."""
+        return _nhwc(self.lepe_conv(_nchw(lepe_in)))
 
     def _output(self, out: torch.Tensor, lepe: torch.Tensor) -> torch.Tensor:
         return self.proj_drop(self.proj(out + lepe))
@@ -269,10 +281,10 @@ class GlobalAttention(AttentionBase):
 
     def forward(self, x: torch.Tensor, significance: torch.Tensor | None = None):
         B, H, W, C = x.shape
-        q = _split_heads(self.q(x), self.num_heads)
-        k, v = _split_kv(self.kv(x.reshape(B, H * W, C)), self.num_heads)
-        out = _merge_heads(self._sdpa(q, k, v), H, W)
-        return self._output(out, self._lepe(x)), None
+        q, kv, lepe = _fused_linear(x, self.q, self.kv, self.lepe_linear)
+        k, v = _split_kv(kv.reshape(B, H * W, 2 * C), self.num_heads)
+        out = _merge_heads(self._sdpa(_split_heads(q, self.num_heads), k, v), H, W)
+        return self._output(out, self._lepe(lepe)), None
 
 
 class HybridScaleAttention(AttentionBase):
@@ -308,7 +320,8 @@ class HybridScaleAttention(AttentionBase):
     def forward(self, x: torch.Tensor, significance: torch.Tensor | None = None):
         B, H, W, C = x.shape
         h = self.num_heads // 2
-        q_global, q_local = self.q(x).chunk(2, dim=-1)
+        q, kv_local, lepe = _fused_linear(x, self.q, self.kv_local, self.lepe_linear)
+        q_global, q_local = q.chunk(2, dim=-1)
 
         # Global heads: every query attends to the sr x sr strided-conv summary of the map.
         pooled = self.act(self.sr_norm(_nhwc(self.sr(_nchw(x)))))  # B, H/sr, W/sr, C
@@ -320,9 +333,9 @@ class HybridScaleAttention(AttentionBase):
         received_global = F.interpolate(received_global.view(B, 1, Hs, Ws), size=(H, W), mode='nearest')[:, 0]
 
         # Local heads: 7x7 windows, padded where the map is not a multiple of 7.
-        out_local, received_local = self._local(q_local, self.kv_local(x))
+        out_local, received_local = self._local(q_local, kv_local)
         out = torch.cat([out_global, out_local], dim=-1)
-        return self._output(out, self._lepe(x)), received_local + received_global
+        return self._output(out, self._lepe(lepe)), received_local + received_global
 
     def _local(self, q: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, W, C = kv.shape
@@ -371,11 +384,11 @@ class SelfGuidedAttention(AttentionBase):
     def forward(self, x: torch.Tensor, significance: torch.Tensor | None = None):
         assert significance is not None, 'a self-guided block needs the significance map of the block before it'
         B, H, W, C = x.shape
-        q = _split_heads(self.q(x), self.num_heads)
+        q, lepe = _fused_linear(x, self.q, self.lepe_linear)
         tokens = self.reallocate(x.reshape(B, H * W, C), significance.reshape(B, H * W))
         k, v = _split_kv(self.kv(tokens), self.num_heads)
-        out = _merge_heads(self._sdpa(q, k, v), H, W)
-        return self._output(out, self._lepe(x)), None
+        out = _merge_heads(self._sdpa(_split_heads(q, self.num_heads), k, v), H, W)
+        return self._output(out, self._lepe(lepe)), None
 
     def reallocate(self, x: torch.Tensor, significance: torch.Tensor) -> torch.Tensor:
         """`B, N, C` tokens -> `B, M, C` merged tokens, least significant band first."""

@@ -342,3 +342,33 @@ def test_meta_device_build_then_init():
     model.init_weights()
     torch.testing.assert_close(model.pos_embed.detach(), sincos_pos_embed(16, (56, 56)))
     assert torch.isfinite(model(torch.randn(1, 3, 64, 64))).all()
+
+
+# --- compile and mixed precision ----------------------------------------------------------------
+
+def test_dynamo_traces_whole_graph_without_per_batch_recompiles():
+    """fullgraph=True: no graph breaks. A new batch size compiles once more (batch becomes dynamic),
+    and later batch sizes reuse that graph."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    model = timm.create_model('sgformer_nano', num_classes=4).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for batch in (2, 3, 5, 4):
+            x = torch.randn(batch, 3, 64, 96)
+            torch.testing.assert_close(compiled(x), model(x))
+    assert counter.frame_count == 2
+    torch._dynamo.reset()
+
+
+def test_bf16_autocast_forward_backward():
+    model = timm.create_model('sgformer_nano', num_classes=4).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = model(x)
+        maps = model.significance_maps(x)
+    assert logits.dtype == torch.bfloat16
+    assert all(m.dtype == torch.float32 for m in maps.values())  # sorted in float32: no bf16 ties
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
