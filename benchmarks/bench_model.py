@@ -106,7 +106,7 @@ def run_worker(spec: dict) -> dict:
     model.eval()
     macs = count_macs(model, (3, h, w), device=device)
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
-    runner = torch.compile(model) if spec['compile'] else model
+    runner = torch.compile(model, dynamic=False) if spec["compile"] else model
 
     @torch.inference_mode()
     def infer():

@@ -1,0 +1,1 @@
+"""Training: distributed setup, FSDP2 parallelisation, optimizer / schedule / EMA, DCP checkpoints."""

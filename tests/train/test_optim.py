@@ -1,0 +1,46 @@
+"""Optimizer groups, lr scaling and the warmup + cosine schedule."""
+import timm
+import pytest
+
+import sgformer  # noqa: F401
+from sgformer.train.optim import create_ema, create_optimizer, create_scheduler, scaled_lr
+
+
+def test_no_weight_decay_for_norms_biases_and_pos_embed():
+    model = timm.create_model('sgformer_nano')
+    optimizer = create_optimizer(model, lr=1e-3, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
+    plain = {names[id(p)] for g in optimizer.param_groups if g['weight_decay'] == 0 for p in g['params']}
+    assert 'pos_embed' in plain
+    assert all(model.get_parameter(n).ndim > 1 for n in decayed)
+    assert all(model.get_parameter(n).ndim <= 1 or n == 'pos_embed' for n in plain)
+    assert 'stages.0.blocks.1.attn.band_merge.0.weight' in decayed
+    assert len(decayed) + len(plain) == len(names)
+
+
+def test_scaled_lr():
+    assert scaled_lr(1e-3, 1024) == pytest.approx(1e-3)
+    assert scaled_lr(1e-3, 256) == pytest.approx(2.5e-4)
+
+
+def test_warmup_then_cosine_per_step():
+    model = timm.create_model('sgformer_nano')
+    optimizer = create_optimizer(model, lr=1e-3, weight_decay=0.05)
+    scheduler = create_scheduler(optimizer, total_steps=100, warmup_steps=10, warmup_lr=1e-6, min_lr=1e-5)
+    lrs = []
+    for step in range(101):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]['lr'])
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[5] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100] == pytest.approx(1e-5)
+
+
+def test_ema_warmup_ramps_decay():
+    model = timm.create_model('sgformer_nano')
+    ema = create_ema(model, decay=0.99992, warmup=True)
+    assert ema.get_decay(10) < 0.9 < ema.get_decay(100_000) <= 0.99992
+    assert create_ema(model, decay=0.99992, warmup=False).get_decay(10) == 0.99992
