@@ -1,0 +1,94 @@
+"""Runs `Trainer` on a small learnable synthetic set; under torchrun or alone. Writes JSON on rank 0.
+
+--crash-at E:S kills the process like `kill -9` when batch S of epoch E is requested (mid-epoch);
+--nan-steps A,B,... makes the loss NaN at those global steps.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import sgformer  # noqa: F401
+from sgformer.train.distributed import destroy_distributed, init_distributed
+from sgformer.train.trainer import NonFiniteLossError, Parallelism, Trainer, TrainSchedule
+
+NUM, CLASSES, GLOBAL_BATCH = 48, 3, 8
+
+
+def make_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(NUM) % CLASSES
+    images = torch.randn(NUM, 3, 64, 64, generator=g) * 0.5
+    images[:, 0] += (labels.float() - 1)[:, None, None]  # the class is in the red channel's mean
+    return images, labels
+
+
+class Loader:
+    """Rank-sharded, epoch-seeded shuffling loader with FFCV's `next_epoch` contract."""
+
+    def __init__(self, images, labels, rank, world, shuffle, crash_at=None):
+        self.images, self.labels, self.rank, self.world, self.shuffle = images, labels, rank, world, shuffle
+        self.next_epoch, self.crash_at = 0, crash_at
+
+    def __len__(self):
+        return len(self.labels) // GLOBAL_BATCH
+
+    def __iter__(self):
+        epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(epoch)) if self.shuffle \
+            else torch.arange(len(self.labels))
+        per_rank = GLOBAL_BATCH // self.world
+        for i in range(len(self)):
+            if self.crash_at == (epoch, i):
+                os._exit(9)
+            idx = order[i * GLOBAL_BATCH:(i + 1) * GLOBAL_BATCH][self.rank * per_rank:(self.rank + 1) * per_rank]
+            yield self.images[idx], self.labels[idx]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument('--out', required=True)
+    p.add_argument('--ckpt', required=True)
+    p.add_argument('--epochs', type=int, default=3)
+    p.add_argument('--crash-at')
+    p.add_argument('--nan-steps', default='')
+    p.add_argument('--max-nonfinite', type=int, default=3)
+    args = p.parse_args()
+    torch.use_deterministic_algorithms(True)
+    info = init_distributed('cpu')
+    schedule = TrainSchedule(epochs=args.epochs, lr=2e-3, weight_decay=0.05, warmup_epochs=1, warmup_lr=1e-5,
+                             min_lr=1e-5, ema_decay=0.9, ema_warmup=True, grad_clip=5.0,
+                             max_nonfinite_steps=args.max_nonfinite)
+    crash_at = tuple(int(v) for v in args.crash_at.split(':')) if args.crash_at else None
+    train = Loader(*make_data(0), info.rank, info.world_size, shuffle=True, crash_at=crash_at)
+    val = Loader(*make_data(1), info.rank, info.world_size, shuffle=False)
+    trainer = Trainer(model_name='sgformer_nano', model_kwargs=dict(num_classes=CLASSES, img_size=64, drop_path_rate=0.1),
+                      schedule=schedule, parallelism=Parallelism(), dist_info=info, steps_per_epoch=len(train),
+                      checkpoint_dir=args.ckpt, seed=7)
+    resumed = trainer.resume()
+    nan_steps = {int(s) for s in args.nan_steps.split(',') if s}
+
+    def loss_fn(logits, labels):
+        loss = F.cross_entropy(logits, labels)
+        return loss * float('nan') if trainer.progress.step + trainer.progress.skipped_steps in nan_steps else loss
+
+    result = dict(resumed=resumed)
+    try:
+        result['history'] = trainer.fit(train, val, loss_fn=loss_fn)
+    except NonFiniteLossError as e:
+        result['error'] = str(e)
+    result['skipped'] = trainer.progress.skipped_steps
+    result['step'] = trainer.progress.step
+    model_sd, ema_sd = trainer.full_state_dicts()
+    if info.is_main:
+        result['weights_sum'] = float(sum(v.double().sum() for v in model_sd.values()))
+        result['ema_weights_sum'] = float(sum(v.double().sum() for v in ema_sd.values()))
+        Path(args.out).write_text(json.dumps(result))
+    destroy_distributed()
+
+
+if __name__ == '__main__':
+    main()
