@@ -145,8 +145,17 @@ class Trainer:
     def fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch],
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
             batch_transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
+            eval_transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
             global_batch: int | None = None) -> list[dict[str, float]]:
-        """Train from the current progress to the last epoch; returns the per-epoch history."""
+        """Train from the current progress to the last epoch; returns the per-epoch history.
+
+        Args:
+            train_loader, val_loader: Rank-sharded iterables of `(images, labels)` on the device.
+            loss_fn: `(logits, targets) -> loss`; targets are what `batch_transform` returns.
+            batch_transform: Train-time batch augmentation, e.g. mixup to soft targets.
+            eval_transform: Val-time batch preprocessing (e.g. normalisation); labels stay class ids.
+            global_batch: Images per optimizer step over all ranks (for img/s).
+        """
         while self.progress.epoch < self.schedule.epochs:
             epoch = self.progress.epoch
             torch.manual_seed(self.seed + self.dist.rank + 100_003 * (epoch + 1))
@@ -155,8 +164,8 @@ class Trainer:
             train_loss = self._train_epoch(train_loader, loss_fn, batch_transform, global_batch)
             record = dict(epoch=epoch, train_loss=train_loss, lr=self.optimizer.param_groups[0]['lr'],
                           epoch_time_s=time.perf_counter() - started)
-            record.update({f'val_{k}': v for k, v in self.evaluate(self.model, val_loader).items()})
-            record.update({f'val_ema_{k}': v for k, v in self.evaluate(self.ema.module, val_loader).items()})
+            record.update({f'val_{k}': v for k, v in self.evaluate(self.model, val_loader, eval_transform).items()})
+            record.update({f'val_ema_{k}': v for k, v in self.evaluate(self.ema.module, val_loader, eval_transform).items()})
             self.progress.history.append(record)
             self.progress.epoch += 1
             if self.tracker is not None:
@@ -212,11 +221,14 @@ class Trainer:
         return consecutive_bad
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: Iterable[Batch],
+                 transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None) -> dict[str, float]:
         """Top-1 / top-5 accuracy and loss over the whole (rank-sharded) loader."""
         model.eval()
         correct1 = correct5 = loss_sum = seen = 0.0
         for images, labels in loader:
+            if transform is not None:
+                images, labels = transform(images, labels)
             logits = model(images).float()
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top5[:, 0] == labels).sum().item()
