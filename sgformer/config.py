@@ -120,17 +120,17 @@ class Variant(_Section):
     """One trainable model configuration; fields left out are taken from `train`."""
 
     model: str = Field(description="timm model name, e.g. 'sgformer_s' (registered by `import sgformer`).")
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    world_size: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-    warmup_epochs: int | None = Field(None, ge=0)
-    ema_decay: float | None = Field(None, ge=0, lt=1)
-    drop_path_rate: float | None = Field(None, ge=0, lt=1)
-    img_size: int | None = Field(None, gt=0, multiple_of=32)
-    num_classes: int | None = Field(None, ge=0)
-    seed: int | None = Field(None, ge=0)
+    epochs: int | None = Field(None, ge=1, description='Default: train.epochs.')
+    batch_size: int | None = Field(None, ge=1, description='Default: train.batch_size.')
+    world_size: int | None = Field(None, ge=1, description='Default: train.world_size.')
+    lr: float | None = Field(None, gt=0, description='Default: train.lr.')
+    weight_decay: float | None = Field(None, ge=0, description='Default: train.weight_decay.')
+    warmup_epochs: int | None = Field(None, ge=0, description='Default: train.warmup_epochs.')
+    ema_decay: float | None = Field(None, ge=0, lt=1, description='Default: train.ema_decay.')
+    drop_path_rate: float | None = Field(None, ge=0, lt=1, description='Default: train.drop_path_rate.')
+    img_size: int | None = Field(None, gt=0, multiple_of=32, description='Default: train.img_size.')
+    num_classes: int | None = Field(None, ge=0, description='Default: train.num_classes.')
+    seed: int | None = Field(None, ge=0, description='Default: train.seed.')
 
     @field_validator('model')
     @classmethod
@@ -167,14 +167,20 @@ class Params(_Section):
         for field in ('variants', 'recipes'):
             resolved = {name: v.inherit(self.train) for name, v in getattr(self, field).items()}
             for name, v in resolved.items():
-                if v.batch_size % v.world_size:
-                    raise _KeyError(f'{field}.{name}.batch_size',
-                                    f'{v.batch_size} is not divisible by world_size {v.world_size}')
+                _check_batch(f'{field}.{name}.batch_size', v, mixing=self.augment.mixup > 0 or self.augment.cutmix > 0)
             object.__setattr__(self, field, resolved)
         source = Path(self.data.source)
         if self.data.source != self.sample.out and not source.is_dir():
             raise _KeyError('data.source', f'folder {source} not found (only sample.out may be missing: make_sample writes it)')
         return self
+
+
+def _check_batch(key: str, v: Variant, mixing: bool) -> None:
+    if v.batch_size % v.world_size:
+        raise _KeyError(key, f'{v.batch_size} is not divisible by world_size {v.world_size}')
+    if mixing and (v.batch_size // v.world_size) % 2:
+        raise _KeyError(key, f'{v.batch_size} / world_size {v.world_size} is odd; mixup/cutmix pair samples '
+                        'and need an even batch per rank')
 
 
 class _KeyError(ValueError):

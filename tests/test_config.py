@@ -50,6 +50,7 @@ def test_repo_params_file_is_valid():
     (GOOD + 'sample: {min_size: 200, max_size: 100}\n', 'sample', 'larger than max_size'),
     (GOOD + '    batch_size: 10\n    world_size: 4\n', 'variants.nano.batch_size', 'not divisible by world_size 4'),
     (GOOD + 'train: {batch_size: 6, world_size: 4}\n', 'variants.nano.batch_size', 'not divisible by world_size 4'),
+    (GOOD + 'train: {batch_size: 6, world_size: 2}\n', 'variants.nano.batch_size', 'need an even batch per rank'),
     (GOOD + 'recipes: {x: {model: resnet_9000}}\n', 'recipes.x.model', "unknown model 'resnet_9000'"),
 ])
 def test_bad_file_names_key_and_reason(tmp_path, text, key, reason):
@@ -93,3 +94,10 @@ def test_repo_recipes_are_the_official_imagenet_settings():
     for r in recipes.values():
         assert (r.batch_size // r.world_size, r.world_size, r.lr, r.weight_decay) == (128, 8, 1e-3, 0.05)
         assert (r.warmup_epochs, r.ema_decay, r.epochs, r.img_size, r.num_classes) == (20, 0.99992, 300, 224, 1000)
+
+
+def test_existing_data_source_and_odd_batch_without_mixing_are_accepted(tmp_path):
+    (tmp_path / 'imagenet').mkdir()
+    text = GOOD + f'data: {{source: {tmp_path / "imagenet"}}}\naugment: {{mixup: 0, cutmix: 0}}\ntrain: {{batch_size: 3}}\n'
+    params = load_params(write(tmp_path, text))
+    assert params.data.source == str(tmp_path / 'imagenet') and params.variants['nano'].batch_size == 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sgformer.data.beton import class_index, convert_folder, list_images, write_beton
-from sgformer.data.loader import create_ffcv_loader, create_folder_loader
+from sgformer.data.loader import create_ffcv_loader, create_folder_loader, create_loader
 from sgformer.data.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +55,15 @@ def test_folder_loader_matches_ffcv_shapes_and_skips_reported_files(data):
     assert all(images.shape == (16, 3, 64, 64) and images.dtype == torch.uint8 for images, _ in batches)
     val = create_folder_loader(data / 'sample' / 'val', train=False, batch_size=8, img_size=32, num_workers=2)
     assert torch.cat([labels for _, labels in val]).tolist() == labels_of(data / 'sample' / 'val')
+
+
+def test_create_loader_picks_the_backend(data):
+    kwargs = dict(split='val', source=data / 'sample', betons=data / 'betons', batch_size=8, img_size=32,
+                  num_workers=0, os_cache=True, batches_ahead=2)
+    folder = create_loader('folder', **kwargs)
+    assert torch.cat([labels for _, labels in folder]).tolist() == labels_of(data / 'sample' / 'val')
+    with pytest.raises(ValueError, match="unknown data backend 'dali'"):
+        create_loader('dali', **kwargs)
 
 
 RANK_SCRIPT = """
