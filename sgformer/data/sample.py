@@ -1,4 +1,4 @@
-"""A procedurally drawn, ImageNet-layout sample dataset: offline, deterministic, learnable.
+"""A procedurally drawn, ImageNet-layout sample dataset: offline and deterministic.
 
 Each class is a shape or texture (circle, square, triangle, star, cross, ring, stripes, checker,
 dots, zigzag) drawn at a random position, scale and rotation over background clutter, in random
