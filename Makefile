@@ -38,6 +38,7 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_loader.py
 
 clean:
 	rm -rf $(VENV) .apt.ok

@@ -4,28 +4,133 @@ Stages load the file with `load_params(path)`; a malformed file stops with one m
 names the file, the dotted key and the reason.
 
     python -m sgformer.config check [params.yaml]     # validate and print the resolved config
+
+Sections: `sample` (the generated dataset), `data` (where images live, which loader), `convert`
+(folder -> FFCV betons), `loader`, `augment`, `train` (defaults every variant inherits),
+`variants` (what the pipeline trains) and `recipes` (variants written down but not trained:
+the official ImageNet settings; move one into `variants` to train it).
 """
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class ConfigError(ValueError):
     """A user error in params.yaml, already phrased for the user."""
 
 
-class Variant(BaseModel):
-    """One trainable model configuration; later stages loop over `variants`."""
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra='forbid', frozen=True)
 
+
+class Sample(_Section):
+    """The procedurally drawn ImageNet-layout dataset written by the `make_sample` stage."""
+
+    out: str = Field('data/sample', description='Folder the sample is written to (train/, val/).')
+    num_classes: int = Field(10, ge=2, le=10, description='Number of classes (at most 10 drawings exist).')
+    train_per_class: int = Field(40, ge=1, description='Training images per class.')
+    val_per_class: int = Field(10, ge=1, description='Validation images per class.')
+    min_size: int = Field(64, ge=16, description='Smallest image side in pixels.')
+    max_size: int = Field(160, ge=16, description='Largest image side in pixels.')
+    jpeg_quality: int = Field(90, ge=1, le=100, description='JPEG quality of the sample files.')
+    bad_files: bool = Field(True, description='Add deliberately broken files (truncated, empty, PNG, CMYK, gray).')
+    seed: int = Field(0, ge=0, description='Seed: the same seed writes the same bytes.')
+
+    @model_validator(mode='after')
+    def _sizes_ordered(self):
+        if self.min_size > self.max_size:
+            raise ValueError(f'min_size ({self.min_size}) is larger than max_size ({self.max_size})')
+        return self
+
+
+class Data(_Section):
+    """Where the images are and how batches are made from them."""
+
+    source: str = Field('data/sample', description='ImageNet-layout folder (train/<synset>/*.JPEG, val/<synset>/*.JPEG); '
+                        'may be sample.out before make_sample has run, any other path must exist.')
+    betons: str = Field('data/betons', description='Folder of train.beton, val.beton and class_index.json.')
+    backend: Literal['ffcv', 'folder'] = Field('ffcv', description='ffcv: betons; folder: torchvision ImageFolder.')
+
+
+class Convert(_Section):
+    """Folder -> FFCV beton conversion (ffcv-imagenet used 500 px, 50 % JPEG, quality 90)."""
+
+    max_resolution: int = Field(500, ge=16, description='Longest side stored in the beton.')
+    jpeg_quality: int = Field(90, ge=1, le=100, description='Quality of the JPEGs stored in the beton.')
+    compress_probability: Fraction = Field(0.5, description='Share of images stored as JPEG in proportion mode.')
+    write_mode: Literal['raw', 'jpg', 'smart', 'proportion'] = Field('proportion', description='ffcv RGBImageField mode.')
+    num_workers: int = Field(2, ge=1, description='Processes that check and write images.')
+    max_bad_fraction: Fraction = Field(0.01, description='Fail when more than this share of images is unreadable.')
+
+
+class Loader(_Section):
+    """Settings of the train and val loaders."""
+
+    num_workers: int = Field(2, ge=0, description='Loader worker threads (ffcv) or processes (folder).')
+    os_cache: bool = Field(True, description='ffcv: let the OS page cache hold the beton (fits in RAM).')
+    batches_ahead: int = Field(2, ge=1, description='ffcv: batches prepared ahead of the training step.')
+
+
+class Augment(_Section):
+    """The official training recipe's augmentations (timm names)."""
+
+    scale: tuple[Fraction, Fraction] = Field((0.08, 1.0), description='RandomResizedCrop area range.')
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description='RandomResizedCrop aspect-ratio range.')
+    hflip: Fraction = Field(0.5, description='Horizontal flip probability.')
+    auto_augment: str | None = Field('rand-m9-mstd0.5-inc1', description='timm RandAugment spec, null to disable.')
+    reprob: Fraction = Field(0.25, description='Random erasing probability (pixel mode).')
+    mixup: float = Field(0.8, ge=0, description='Mixup alpha (0: off).')
+    cutmix: float = Field(1.0, ge=0, description='CutMix alpha (0: off).')
+    smoothing: Fraction = Field(0.1, description='Label smoothing of the mixed targets.')
+    crop_pct: float = Field(0.9, gt=0, le=1, description='Eval centre crop: crop side / resized side.')
+
+    @field_validator('auto_augment')
+    @classmethod
+    def _rand_augment_spec(cls, spec: str | None) -> str | None:
+        if spec is not None and not spec.startswith('rand-'):
+            raise ValueError(f'only RandAugment specs (rand-...) are supported, got {spec!r}')
+        return spec
+
+
+class Train(_Section):
+    """Training settings; every variant inherits them and may override any of them."""
+
+    epochs: int = Field(30, ge=1, description='Training epochs.')
+    batch_size: int = Field(64, ge=1, description='Global batch size (split evenly over world_size ranks).')
+    world_size: int = Field(1, ge=1, description='Number of training processes (GPUs, or CPU ranks).')
+    lr: float = Field(1e-3, gt=0, description='Peak learning rate (AdamW).')
+    weight_decay: float = Field(0.05, ge=0, description='AdamW weight decay.')
+    warmup_epochs: int = Field(5, ge=0, description='Linear warmup epochs before the cosine decay.')
+    ema_decay: float = Field(0.99992, ge=0, lt=1, description='Weight EMA decay per step (0: no EMA).')
+    drop_path_rate: float = Field(0.1, ge=0, lt=1, description='Stochastic depth at the deepest block.')
+    img_size: int = Field(224, gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32).')
+    num_classes: int = Field(1000, ge=0, description='Classifier outputs (0: no classifier).')
+    seed: int = Field(0, ge=0, description='Seed of weights, data order and augmentation.')
+
+
+INHERITED = tuple(Train.model_fields)
+
+
+class Variant(_Section):
+    """One trainable model configuration; fields left out are taken from `train`."""
+
     model: str = Field(description="timm model name, e.g. 'sgformer_s' (registered by `import sgformer`).")
-    img_size: Annotated[int, Field(gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32).')] = 224
-    num_classes: Annotated[int, Field(ge=0, description='Classifier outputs (0: no classifier).')] = 1000
-    drop_path_rate: Annotated[float, Field(ge=0, lt=1, description='Stochastic depth at the deepest block.')] = 0.1
+    epochs: int | None = Field(None, ge=1, description='Default: train.epochs.')
+    batch_size: int | None = Field(None, ge=1, description='Default: train.batch_size.')
+    world_size: int | None = Field(None, ge=1, description='Default: train.world_size.')
+    lr: float | None = Field(None, gt=0, description='Default: train.lr.')
+    weight_decay: float | None = Field(None, ge=0, description='Default: train.weight_decay.')
+    warmup_epochs: int | None = Field(None, ge=0, description='Default: train.warmup_epochs.')
+    ema_decay: float | None = Field(None, ge=0, lt=1, description='Default: train.ema_decay.')
+    drop_path_rate: float | None = Field(None, ge=0, lt=1, description='Default: train.drop_path_rate.')
+    img_size: int | None = Field(None, gt=0, multiple_of=32, description='Default: train.img_size.')
+    num_classes: int | None = Field(None, ge=0, description='Default: train.num_classes.')
+    seed: int | None = Field(None, ge=0, description='Default: train.seed.')
 
     @field_validator('model')
     @classmethod
@@ -36,25 +141,79 @@ class Variant(BaseModel):
             raise ValueError(f"unknown model {name!r}; known SG-Former models: {timm.list_models('sgformer_*')}")
         return name
 
+    def inherit(self, train: Train) -> 'Variant':
+        """This variant with every unset field taken from `train`."""
+        return self.model_copy(update={k: getattr(train, k) for k in INHERITED if getattr(self, k) is None})
+
     def model_kwargs(self) -> dict:
         """Keyword arguments for `timm.create_model(self.model, **kwargs)`."""
         return dict(img_size=self.img_size, num_classes=self.num_classes, drop_path_rate=self.drop_path_rate)
 
 
-class Params(BaseModel):
+class Params(_Section):
     """The root of params.yaml."""
 
-    model_config = ConfigDict(extra='forbid', frozen=True)
+    sample: Sample = Sample()
+    data: Data = Data()
+    convert: Convert = Convert()
+    loader: Loader = Loader()
+    augment: Augment = Augment()
+    train: Train = Train()
+    variants: dict[str, Variant] = Field(min_length=1, description='Name -> variant trained by the pipeline.')
+    recipes: dict[str, Variant] = Field({}, description='Name -> variant kept ready but not trained (ImageNet).')
 
-    variants: dict[str, Variant] = Field(min_length=1, description='Name -> model variant.')
+    @model_validator(mode='after')
+    def _resolve(self):
+        for field in ('variants', 'recipes'):
+            resolved = {name: v.inherit(self.train) for name, v in getattr(self, field).items()}
+            for name, v in resolved.items():
+                _check_batch(f'{field}.{name}.batch_size', v, mixing=self.augment.mixup > 0 or self.augment.cutmix > 0)
+            object.__setattr__(self, field, resolved)
+        source = Path(self.data.source)
+        if self.data.source != self.sample.out and not source.is_dir():
+            raise _KeyError('data.source', f'folder {source} not found (only sample.out may be missing: make_sample writes it)')
+        return self
+
+
+def _check_batch(key: str, v: Variant, mixing: bool) -> None:
+    if v.batch_size % v.world_size:
+        raise _KeyError(key, f'{v.batch_size} is not divisible by world_size {v.world_size}')
+    if mixing and (v.batch_size // v.world_size) % 2:
+        raise _KeyError(key, f'{v.batch_size} / world_size {v.world_size} is odd; mixup/cutmix pair samples '
+                        'and need an even batch per rank')
+
+
+class _KeyError(ValueError):
+    """A cross-field error that belongs to one dotted key."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(reason)
+        self.key, self.reason = key, reason
 
 
 def _dotted(loc: tuple) -> str:
     return '.'.join(str(part) for part in loc) or '<root>'
 
 
+def _messages(path: Path, error: ValidationError) -> list[str]:
+    lines = []
+    for err in error.errors():
+        cause = (err.get('ctx') or {}).get('error')
+        if isinstance(cause, _KeyError):
+            lines.append(f'{path}: {cause.key}: {cause.reason}')
+        else:
+            lines.append(f"{path}: {_dotted(err['loc'])}: {err['msg']}")
+    return lines
+
+
 def load_params(path: str | Path = 'params.yaml') -> Params:
     """Read and validate a params file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated parameters; every variant already carries the inherited `train` values.
 
     Raises:
         ConfigError: the file is missing, is not YAML, or breaks the schema; the message names
@@ -70,8 +229,7 @@ def load_params(path: str | Path = 'params.yaml') -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:
-        lines = [f"{path}: {_dotted(err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError('\n'.join(lines)) from None
+        raise ConfigError('\n'.join(_messages(path, e))) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(yaml.safe_dump(params.model_dump(), sort_keys=False), end='')
+    print(yaml.safe_dump(params.model_dump(mode='json'), sort_keys=False), end='')
     return 0
 
 

@@ -38,6 +38,20 @@ def test_repo_params_file_is_valid():
     (GOOD.replace('sgformer_nano', 'sgformer_xl'), 'variants.nano.model', "unknown model 'sgformer_xl'"),
     (GOOD + 'trian: {}\n', 'trian', 'Extra inputs are not permitted'),
     ('variants: {}\n', 'variants', 'at least 1 item'),
+    (GOOD + 'train: {lr: -0.1}\n', 'train.lr', 'greater than 0'),
+    (GOOD + 'train: {epochs: ten}\n', 'train.epochs', 'valid integer'),
+    (GOOD + '    lr: 0\n', 'variants.nano.lr', 'greater than 0'),
+    (GOOD + 'convert: {write_mode: png}\n', 'convert.write_mode', "'raw', 'jpg', 'smart' or 'proportion'"),
+    (GOOD + 'convert: {max_bad_fraction: 1.5}\n', 'convert.max_bad_fraction', 'less than or equal to 1'),
+    (GOOD + 'loader: {os_cahce: true}\n', 'loader.os_cahce', 'Extra inputs are not permitted'),
+    (GOOD + 'data: {backend: dali}\n', 'data.backend', "'ffcv' or 'folder'"),
+    (GOOD + 'data: {source: /no/such/imagenet}\n', 'data.source', 'folder /no/such/imagenet not found'),
+    (GOOD + 'augment: {auto_augment: original}\n', 'augment.auto_augment', 'only RandAugment'),
+    (GOOD + 'sample: {min_size: 200, max_size: 100}\n', 'sample', 'larger than max_size'),
+    (GOOD + '    batch_size: 10\n    world_size: 4\n', 'variants.nano.batch_size', 'not divisible by world_size 4'),
+    (GOOD + 'train: {batch_size: 6, world_size: 4}\n', 'variants.nano.batch_size', 'not divisible by world_size 4'),
+    (GOOD + 'train: {batch_size: 6, world_size: 2}\n', 'variants.nano.batch_size', 'need an even batch per rank'),
+    (GOOD + 'recipes: {x: {model: resnet_9000}}\n', 'recipes.x.model', "unknown model 'resnet_9000'"),
 ])
 def test_bad_file_names_key_and_reason(tmp_path, text, key, reason):
     path = write(tmp_path, text)
@@ -61,3 +75,29 @@ def test_check_command(tmp_path, capsys):
     assert main(['check', str(write(tmp_path, GOOD.replace('64', '65')))]) == 1
     err = capsys.readouterr().err
     assert 'variants.nano.img_size' in err and 'Traceback' not in err
+
+
+def test_variants_inherit_train_defaults(tmp_path):
+    params = load_params(write(tmp_path, GOOD.replace('variants:', 'train: {lr: 0.004, epochs: 7, img_size: 96}\nvariants:')
+                               + '  tiny:\n    model: sgformer_tiny\n    lr: 0.002\n'))
+    nano, tiny = params.variants['nano'], params.variants['tiny']
+    assert (nano.lr, nano.epochs, nano.img_size) == (0.004, 7, 64)  # img_size set by the variant wins
+    assert (tiny.lr, tiny.epochs, tiny.img_size) == (0.002, 7, 96)
+
+
+def test_repo_recipes_are_the_official_imagenet_settings():
+    params = load_params(Path(__file__).resolve().parents[1] / 'params.yaml')
+    assert {v.model for v in params.variants.values()} <= {'sgformer_nano', 'sgformer_tiny'}
+    recipes = params.recipes
+    assert {k: v.model for k, v in recipes.items()} == {'s': 'sgformer_s', 'm': 'sgformer_m', 'b': 'sgformer_b'}
+    assert [recipes[k].drop_path_rate for k in 'smb'] == [0.1, 0.2, 0.4]
+    for r in recipes.values():
+        assert (r.batch_size // r.world_size, r.world_size, r.lr, r.weight_decay) == (128, 8, 1e-3, 0.05)
+        assert (r.warmup_epochs, r.ema_decay, r.epochs, r.img_size, r.num_classes) == (20, 0.99992, 300, 224, 1000)
+
+
+def test_existing_data_source_and_odd_batch_without_mixing_are_accepted(tmp_path):
+    (tmp_path / 'imagenet').mkdir()
+    text = GOOD + f'data: {{source: {tmp_path / "imagenet"}}}\naugment: {{mixup: 0, cutmix: 0}}\ntrain: {{batch_size: 3}}\n'
+    params = load_params(write(tmp_path, text))
+    assert params.data.source == str(tmp_path / 'imagenet') and params.variants['nano'].batch_size == 3

@@ -1,0 +1,108 @@
+"""Images/s of the FFCV train loader against the torchvision ImageFolder baseline, and of conversion.
+
+Both loaders decode, random-resized-crop (scale 0.08-1, ratio 3/4-4/3) and flip to the same
+resolution with the same number of workers and yield the same uint8 batches; `--augment` also
+runs the batched train recipe (RandAugment, erasing, mixup) after each. The data is the sample set
+enlarged to ImageNet-like files (sides 350-400 px, JPEG quality 90), written to a temporary folder.
+Each loader runs `--epochs` epochs, alternating with the others; the first (numba JIT, worker
+start-up) is not timed.
+
+    python benchmarks/bench_loader.py                          # 3000 images, 2 workers, 224 px
+    python benchmarks/bench_loader.py --per-class 100 --epochs 2 --img-size 160
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sgformer.data.beton import convert_folder  # noqa: E402
+from sgformer.data.loader import create_ffcv_loader, create_folder_loader  # noqa: E402
+from sgformer.data.sample import write_sample  # noqa: E402
+from sgformer.data.transforms import TrainTransform  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--classes', type=int, default=10)
+    p.add_argument('--per-class', type=int, default=300, help='training images per class')
+    p.add_argument('--min-size', type=int, default=350)
+    p.add_argument('--max-size', type=int, default=400)
+    p.add_argument('--img-size', type=int, default=224, help='crop side produced by both loaders')
+    p.add_argument('--batch', type=int, default=64)
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--epochs', type=int, default=3, help='epochs per loader; all but the first are timed')
+    p.add_argument('--write-modes', nargs='+', default=['proportion', 'raw'],
+                   choices=['proportion', 'jpg', 'raw', 'smart'], help='beton write modes to time (one beton each)')
+    p.add_argument('--augment', action='store_true', help='also time the batched train augmentation')
+    p.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'bench_loader.json')
+    return p.parse_args(argv)
+
+
+def time_interleaved(loaders: dict, epochs: int, transform=None) -> dict[str, float]:
+    """Images/s of each loader over all epochs but the first; epochs alternate between loaders, so a
+    load change on the machine hits every loader alike."""
+    images, seconds = dict.fromkeys(loaders, 0), dict.fromkeys(loaders, 0.0)
+    for epoch in range(epochs):
+        for name, loader in loaders.items():
+            start, count = time.perf_counter(), 0
+            for x, y in loader:
+                if transform is not None:
+                    transform(x, y)
+                count += len(x)
+            if epoch > 0:
+                images[name] += count
+                seconds[name] += time.perf_counter() - start
+    return {name: images[name] / seconds[name] for name in loaders}
+
+
+def run(args: argparse.Namespace, root: Path) -> dict:
+    start = time.perf_counter()
+    write_sample(root / 'src', num_classes=args.classes, train_per_class=args.per_class, val_per_class=2,
+                 min_size=args.min_size, max_size=args.max_size, jpeg_quality=90, bad_files=False)
+    print(f'wrote {args.classes * args.per_class} images in {time.perf_counter() - start:.1f} s', file=sys.stderr)
+    common = dict(train=True, batch_size=args.batch, img_size=args.img_size, num_workers=args.workers)
+    loaders, convert = {'folder': create_folder_loader(root / 'src' / 'train', **common)}, {}
+    for mode in args.write_modes:
+        out = root / f'betons_{mode}'
+        convert[mode] = convert_folder(root / 'src', out, max_resolution=500, jpeg_quality=90,
+                                       compress_probability=0.5, write_mode=mode, num_workers=args.workers,
+                                       max_bad_fraction=0.0, report=root / 'bad.json')
+        loaders[mode] = create_ffcv_loader(out / 'train.beton', **common)
+    transform = TrainTransform(num_classes=args.classes) if args.augment else None
+    speed = time_interleaved(loaders, args.epochs, transform)
+    result = dict(folder_img_s=round(speed['folder'], 1), images=args.classes * args.per_class, ffcv={})
+    for mode, stats in convert.items():
+        result['ffcv'][mode] = dict(img_s=round(speed[mode], 1), ratio=round(speed[mode] / speed['folder'], 2),
+                                    convert_write_img_s=stats['train']['images_per_s'],
+                                    convert_total_img_s=stats['images_per_s'], beton_bytes=stats['train']['bytes'])
+    return result
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix='bench_loader.') as tmp:
+        result = run(args, Path(tmp))
+    setup = (f"{result['images']} train images {args.min_size}-{args.max_size} px q90, crop {args.img_size}, "
+             f"batch {args.batch}, {args.workers} workers, {'with' if args.augment else 'without'} augmentation, "
+             f"{os.cpu_count()} CPUs")
+    print(f'\n{setup}\n')
+    print('| what | img/s | vs ImageFolder |\n|---|---|---|')
+    print(f"| ImageFolder + DataLoader (JPEG files) | {result['folder_img_s']} | 1.0x |")
+    for mode, r in result['ffcv'].items():
+        print(f"| FFCV train loader, beton `{mode}` ({r['beton_bytes'] / 2 ** 20:.0f} MiB) | {r['img_s']} | {r['ratio']}x |")
+    for mode, r in result['ffcv'].items():
+        print(f"| conversion `{mode}`: beton writing / check + write both splits | "
+              f"{r['convert_write_img_s']} / {r['convert_total_img_s']} | |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(result, setup=setup, args={k: str(v) for k, v in vars(args).items()},
+                                        python=platform.python_version()), indent=2) + '\n')
+
+
+if __name__ == '__main__':
+    main()

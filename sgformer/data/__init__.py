@@ -1,0 +1,1 @@
+"""Data: the sample generator, the beton writer, FFCV/folder loaders and batched augmentation."""
