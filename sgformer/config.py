@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -104,9 +104,14 @@ class Train(_Section):
     batch_size: int = Field(64, ge=1, description='Global batch size (split evenly over world_size ranks).')
     world_size: int = Field(1, ge=1, description='Number of training processes (GPUs, or CPU ranks).')
     lr: float = Field(1e-3, gt=0, description='Peak learning rate (AdamW).')
-    weight_decay: float = Field(0.05, ge=0, description='AdamW weight decay.')
-    warmup_epochs: int = Field(5, ge=0, description='Linear warmup epochs before the cosine decay.')
-    ema_decay: float = Field(0.99992, ge=0, lt=1, description='Weight EMA decay per step (0: no EMA).')
+    weight_decay: float = Field(0.05, ge=0, description='AdamW weight decay (not on norms, biases, pos_embed).')
+    warmup_epochs: float = Field(5, ge=0, description='Linear warmup epochs before the cosine decay (per step).')
+    warmup_lr: float = Field(1e-6, ge=0, description='Learning rate the warmup starts from.')
+    min_lr: float = Field(1e-5, ge=0, description='Learning rate the cosine decays to.')
+    ema_decay: float = Field(0.99992, ge=0, lt=1, description='Weight EMA decay per step.')
+    ema_warmup: bool = Field(True, description='Ramp the EMA decay up over the first steps (for short runs).')
+    grad_clip: float | None = Field(None, gt=0, description='Clip the gradient norm to this (null: no clipping).')
+    max_nonfinite_steps: int = Field(10, ge=1, description='Abort after this many consecutive NaN/inf losses.')
     drop_path_rate: float = Field(0.1, ge=0, lt=1, description='Stochastic depth at the deepest block.')
     img_size: int = Field(224, gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32).')
     num_classes: int = Field(1000, ge=0, description='Classifier outputs (0: no classifier).')
@@ -116,21 +121,8 @@ class Train(_Section):
 INHERITED = tuple(Train.model_fields)
 
 
-class Variant(_Section):
-    """One trainable model configuration; fields left out are taken from `train`."""
-
+class _VariantBase(_Section):
     model: str = Field(description="timm model name, e.g. 'sgformer_s' (registered by `import sgformer`).")
-    epochs: int | None = Field(None, ge=1, description='Default: train.epochs.')
-    batch_size: int | None = Field(None, ge=1, description='Default: train.batch_size.')
-    world_size: int | None = Field(None, ge=1, description='Default: train.world_size.')
-    lr: float | None = Field(None, gt=0, description='Default: train.lr.')
-    weight_decay: float | None = Field(None, ge=0, description='Default: train.weight_decay.')
-    warmup_epochs: int | None = Field(None, ge=0, description='Default: train.warmup_epochs.')
-    ema_decay: float | None = Field(None, ge=0, lt=1, description='Default: train.ema_decay.')
-    drop_path_rate: float | None = Field(None, ge=0, lt=1, description='Default: train.drop_path_rate.')
-    img_size: int | None = Field(None, gt=0, multiple_of=32, description='Default: train.img_size.')
-    num_classes: int | None = Field(None, ge=0, description='Default: train.num_classes.')
-    seed: int | None = Field(None, ge=0, description='Default: train.seed.')
 
     @field_validator('model')
     @classmethod
@@ -150,6 +142,49 @@ class Variant(_Section):
         return dict(img_size=self.img_size, num_classes=self.num_classes, drop_path_rate=self.drop_path_rate)
 
 
+def _override(info) -> tuple:
+    """A `train` field as an optional variant field: same type and ranges, None meaning "inherit"."""
+    annotation = info.annotation | None
+    if info.metadata:
+        annotation = Annotated[annotation, *info.metadata]
+    return annotation, Field(None, description=f'Default: the train value. {info.description}')
+
+
+# A variant may override every `train` field; the fields are derived from `Train`, declared once.
+Variant = create_model(
+    'Variant',
+    __base__=_VariantBase,
+    __doc__='One trainable model configuration; fields left out are taken from `train`.',
+    **{name: _override(info) for name, info in Train.model_fields.items()},
+)
+
+
+class Fsdp(_Section):
+    """How training is spread over devices (FSDP2) and run."""
+
+    device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when available (NCCL), else CPU (gloo).')
+    param_dtype: Literal['auto', 'float32', 'bfloat16'] = Field(
+        'auto', description='Dtype of the gathered parameters in forward/backward; auto: bfloat16 on CUDA, float32 on CPU.')
+    reduce_dtype: Literal['float32', 'bfloat16'] = Field('float32', description='Dtype of the gradient reduce-scatter.')
+    activation_checkpointing: bool = Field(False, description='Recompute block activations in backward (saves memory).')
+    compile: bool = Field(False, description='torch.compile each block.')
+
+
+class Checkpoint(_Section):
+    """DCP checkpoints of a training run (resumed from automatically)."""
+
+    every_epochs: int = Field(1, ge=1, description='Save every this many epochs (and after the last).')
+    keep: int = Field(2, ge=1, description='How many of the newest checkpoints to keep.')
+
+
+class Tracking(_Section):
+    """MLflow tracking (rank 0 only)."""
+
+    tracking_uri: str = Field('sqlite:///mlflow.db', description='MLflow store or server URI.')
+    experiment: str = Field('sgformer', min_length=1, description='MLflow experiment name.')
+    system_metrics: bool = Field(True, description='Also log CPU/GPU/memory utilisation.')
+
+
 class Params(_Section):
     """The root of params.yaml."""
 
@@ -159,6 +194,9 @@ class Params(_Section):
     loader: Loader = Loader()
     augment: Augment = Augment()
     train: Train = Train()
+    fsdp: Fsdp = Fsdp()
+    checkpoint: Checkpoint = Checkpoint()
+    tracking: Tracking = Tracking()
     variants: dict[str, Variant] = Field(min_length=1, description='Name -> variant trained by the pipeline.')
     recipes: dict[str, Variant] = Field({}, description='Name -> variant kept ready but not trained (ImageNet).')
 

@@ -1,0 +1,66 @@
+"""DVC stage `train`: trains one variant with FSDP2. Params read: data, loader, augment, train,
+fsdp, checkpoint, tracking, variants.<name>.
+
+    python -m pipeline.train --variant nano                        # world_size from params.yaml
+    torchrun --standalone --nproc_per_node=8 -m pipeline.train --variant s
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv-endpoint=HOST:PORT -m pipeline.train --variant b
+
+Run without torchrun and with `world_size > 1`, it relaunches itself under torchrun on this node.
+A rerun after a crash resumes from the newest checkpoint and continues the same MLflow run.
+"""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sgformer.config import ConfigError, load_params
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--variant', required=True, help='a key of `variants` in params.yaml')
+    p.add_argument('--params', default='params.yaml')
+    p.add_argument('--models', default='models', help='exports go to <models>/<variant>/')
+    p.add_argument('--checkpoints', default='checkpoints', help='DCP checkpoints in <checkpoints>/<variant>/')
+    p.add_argument('--metrics', default='metrics', help='final metrics in <metrics>/<variant>.json')
+    p.add_argument('--plots', default='plots', help='per-epoch curves in <plots>/<variant>/')
+    return p.parse_args(argv)
+
+
+def _relaunch_under_torchrun(world_size: int, argv: list[str]) -> int:
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={world_size}',
+           '-m', 'pipeline.train', *argv]
+    return subprocess.call(cmd)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        params = load_params(args.params)
+        if args.variant not in params.variants:
+            raise ConfigError(f'{args.params}: variants.{args.variant}: no such variant '
+                              f'(variants: {", ".join(params.variants)})')
+    except ConfigError as e:
+        sys.exit(f'error: {e}')
+    variant = params.variants[args.variant]
+    if variant.world_size > 1 and 'LOCAL_RANK' not in os.environ:
+        sys.exit(_relaunch_under_torchrun(variant.world_size, argv))
+
+    from sgformer.train.run import RunPaths, train_variant
+    from sgformer.train.trainer import NonFiniteLossError
+    paths = RunPaths(betons=Path(params.data.betons), source=Path(params.data.source),
+                     model_dir=Path(args.models) / args.variant, checkpoint_dir=Path(args.checkpoints) / args.variant,
+                     metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
+    logged = dict(params.model_dump(exclude={'variants', 'recipes'}), variant=variant.model_dump(), name=args.variant)
+    try:
+        train_variant(args.variant, variant, data=params.data, loader=params.loader, augment=params.augment,
+                      fsdp=params.fsdp, checkpoint=params.checkpoint, tracking=params.tracking, paths=paths,
+                      logged_params=logged)
+    except (ConfigError, NonFiniteLossError) as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()

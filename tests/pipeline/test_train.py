@@ -1,0 +1,92 @@
+"""The `train` stage end to end: relaunch under a real 2-rank gloo torchrun, FFCV betons from the
+sample, exports that reload in timm, DVC metrics/plots, one MLflow run that a rerun continues."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import timm
+import torch
+
+import sgformer  # noqa: F401
+from pipeline.convert import main as convert
+from sgformer.data.sample import write_sample
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = """
+data: {{source: {src}, betons: {betons}}}
+convert: {{max_resolution: 80, write_mode: jpg, max_bad_fraction: 0.3}}
+loader: {{num_workers: 1}}
+train: {{epochs: 2, batch_size: 8, world_size: 2, img_size: 64, num_classes: 3, warmup_epochs: 1, drop_path_rate: 0.1}}
+tracking: {{tracking_uri: '{uri}', experiment: stage-test, system_metrics: false}}
+variants:
+  nano: {{model: sgformer_nano}}
+"""
+
+
+def train(tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'nano',
+           '--models', str(tmp_path / 'models'), '--checkpoints', str(tmp_path / 'ckpt'),
+           '--metrics', str(tmp_path / 'metrics'), '--plots', str(tmp_path / 'plots')]
+    env = dict(os.environ, PYTHONWARNINGS='ignore', MLFLOW_DISABLE_TELEMETRY='true')
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_train_stage_two_ranks(tmp_path):
+    write_sample(tmp_path / 'src', num_classes=3, train_per_class=12, val_per_class=4)
+    uri = f'sqlite:///{tmp_path}/mlflow.db'
+    params = tmp_path / 'params.yaml'
+    params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri))
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+
+    proc = train(tmp_path, params)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    model_dir = tmp_path / 'models' / 'nano'
+    card = json.loads((model_dir / 'card.json').read_text())
+    assert card['model'] == 'sgformer_nano' and len(card['class_index']) == 3
+    metrics = json.loads((tmp_path / 'metrics' / 'nano.json').read_text())
+    assert {'train_loss', 'val_top1', 'val_ema_top1', 'val_top5'} <= set(metrics)
+    rows = list(csv.DictReader((tmp_path / 'plots' / 'nano' / 'train.tsv').open(), delimiter='\t'))
+    assert [r['epoch'] for r in rows] == ['0', '1']
+
+    ema = timm.create_model('sgformer_nano', pretrained=True, **card['model_kwargs'], pretrained_cfg_overlay=dict(
+        file=str(model_dir / 'ema.safetensors'), num_classes=3)).eval()
+    raw = timm.create_model('sgformer_nano', pretrained=True, **card['model_kwargs'], pretrained_cfg_overlay=dict(
+        file=str(model_dir / 'model.safetensors'), num_classes=3)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.equal(ema(x), raw(x))  # the EMA is its own set of weights
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name('stage-test')
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == 'nano' and run.info.status == 'FINISHED'
+    assert run.data.params['train.epochs'] == '2' and run.data.params['variant.model'] == 'sgformer_nano'
+    assert run.data.tags['world_size'] == '2' and len(run.data.tags['git.commit']) == 40
+    steps_per_epoch = 36 // 8  # 36 readable train images (3 x 12), global batch 8, drop_last
+    assert len(client.get_metric_history(run.info.run_id, 'train/loss')) == 2 * steps_per_epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'val_ema_top1')] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, 'model')}
+    assert artifacts == {'model/card.json', 'model/model.safetensors', 'model/ema.safetensors'}
+
+    # A rerun finds the last checkpoint complete: nothing is retrained, and the same run is continued.
+    again = train(tmp_path, params)
+    assert again.returncode == 0, again.stderr[-4000:]
+    (rerun,) = client.search_runs([experiment.experiment_id])
+    assert rerun.info.run_id == run.info.run_id
+    assert len(client.get_metric_history(run.info.run_id, 'train/loss')) == 2 * steps_per_epoch
+
+
+def test_unknown_variant_exits_with_message(tmp_path):
+    params = tmp_path / 'params.yaml'
+    params.write_text('variants:\n  nano: {model: sgformer_nano}\n')
+    proc = subprocess.run([sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'big'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'variants.big: no such variant' in proc.stderr and 'Traceback' not in proc.stderr
