@@ -59,9 +59,13 @@ def _build(name: str, source: str, official: Path | None, img_size: tuple[int, i
         import numpy as np
         if not hasattr(np, 'float'):  # the official pos_embed.py predates NumPy 1.24
             np.float = float
-        sys.path.insert(0, str(official))
-        import importlib
-        module = importlib.import_module('sgformer')  # the official file, not this package
+        import importlib.util
+        sys.path.append(str(official))  # for its `from pos_embed import ...`
+        # Loaded under another name: `sgformer` stays this package.
+        spec = importlib.util.spec_from_file_location('sgformer_official', official / 'sgformer.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
         return getattr(module, name)()
     if source == 'ours':
         from sgformer.models import sgformer as ours
@@ -94,6 +98,8 @@ def _time_steps(step, steps: int, warmup: int, device) -> tuple[float, float]:
 def run_worker(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
+
+    from sgformer.eval.flops import count_macs  # also counts the CPU SDPA kernel
     if spec['threads']:
         torch.set_num_threads(spec['threads'])
     device = torch.device(spec['device'])
@@ -102,7 +108,6 @@ def run_worker(spec: dict) -> dict:
     model = _build(spec['name'], spec['source'], spec['official'] and Path(spec['official']), (h, w)).to(device)
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(spec['infer_batch'], 3, h, w, device=device)
-    from sgformer.eval.flops import count_macs  # also counts the CPU SDPA kernel
     model.eval()
     macs = count_macs(model, (3, h, w), device=device)
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')

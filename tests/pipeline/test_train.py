@@ -3,8 +3,10 @@ sample, exports that reload in timm, DVC metrics/plots, one MLflow run that a re
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -28,12 +30,19 @@ variants:
 """
 
 
-def train(tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'nano',
-           '--models', str(tmp_path / 'models'), '--checkpoints', str(tmp_path / 'ckpt'),
-           '--metrics', str(tmp_path / 'metrics'), '--plots', str(tmp_path / 'plots')]
-    env = dict(os.environ, PYTHONWARNINGS='ignore', MLFLOW_DISABLE_TELEMETRY='true')
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+def train_command(out: Path, params: Path) -> list[str]:
+    return [sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'nano',
+            '--models', str(out / 'models'), '--checkpoints', str(out / 'ckpt'),
+            '--metrics', str(out / 'metrics'), '--plots', str(out / 'plots')]
+
+
+def train_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONWARNINGS='ignore', MLFLOW_DISABLE_TELEMETRY='true')
+
+
+def train(out: Path, params: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(out, params), cwd=ROOT, env=train_env(), capture_output=True, text=True,
+                          timeout=500)
 
 
 @pytest.mark.slow
@@ -81,6 +90,49 @@ def test_train_stage_two_ranks(tmp_path):
     (rerun,) = client.search_runs([experiment.experiment_id])
     assert rerun.info.run_id == run.info.run_id
     assert len(client.get_metric_history(run.info.run_id, 'train/loss')) == 2 * steps_per_epoch
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_kill_9_mid_run_then_rerun_matches_uninterrupted(tmp_path):
+    """kill -9 of the whole torchrun process group after the first checkpoint, then a rerun: it
+    resumes and ends with exactly the uninterrupted run's numbers. FFCV draws its crops and flips
+    from unseeded per-thread generators, so this run turns them off (the seeded batch
+    augmentation, mixup and drop-path stay on)."""
+    write_sample(tmp_path / 'src', num_classes=3, train_per_class=12, val_per_class=4)
+    uri = f'sqlite:///{tmp_path}/mlflow.db'
+    params = tmp_path / 'params.yaml'
+    params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace(
+        'epochs: 2', 'epochs: 3') + 'augment: {scale: [1.0, 1.0], ratio: [1.0, 1.0], hflip: 0.0}\n')
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    reference = tmp_path / 'reference'
+    reference.mkdir()
+    proc = train(reference, params)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    interrupted = tmp_path / 'interrupted'
+    interrupted.mkdir()
+    launch = subprocess.Popen(train_command(interrupted, params), cwd=ROOT, env=train_env(), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 400
+    while not (interrupted / 'ckpt' / 'nano' / 'step-4').exists() and launch.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next epoch
+    os.killpg(launch.pid, signal.SIGKILL)
+    launch.wait()
+    assert not (interrupted / 'metrics' / 'nano.json').exists()
+
+    proc = train(interrupted, params)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    expected = json.loads((reference / 'metrics' / 'nano.json').read_text())
+    got = json.loads((interrupted / 'metrics' / 'nano.json').read_text())
+    expected.pop('epoch_time_s'), got.pop('epoch_time_s')
+    assert got == expected
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name('stage-test').experiment_id])
+    assert len(runs) == 2  # the reference run and the interrupted-then-resumed one
+    assert all(r.info.status == 'FINISHED' for r in runs)
 
 
 def test_unknown_variant_exits_with_message(tmp_path):
