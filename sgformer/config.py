@@ -103,7 +103,9 @@ class Train(_Section):
     epochs: int = Field(30, ge=1, description='Training epochs.')
     batch_size: int = Field(64, ge=1, description='Global batch size (split evenly over world_size ranks).')
     world_size: int = Field(1, ge=1, description='Number of training processes (GPUs, or CPU ranks).')
-    lr: float = Field(1e-3, gt=0, description='Peak learning rate (AdamW).')
+    lr: float = Field(1e-3, gt=0, description='Peak learning rate (AdamW) at lr_base_batch images per step.')
+    lr_base_batch: int | None = Field(None, ge=1, description='Batch size `lr` is meant for: the run uses '
+                                      'lr * batch_size / lr_base_batch (linear scaling); null: lr as given.')
     weight_decay: float = Field(0.05, ge=0, description='AdamW weight decay (not on norms, biases, pos_embed).')
     warmup_epochs: float = Field(5, ge=0, description='Linear warmup epochs before the cosine decay (per step).')
     warmup_lr: float = Field(1e-6, ge=0, description='Learning rate the warmup starts from.')
@@ -140,6 +142,10 @@ class _VariantBase(_Section):
     def model_kwargs(self) -> dict:
         """Keyword arguments for `timm.create_model(self.model, **kwargs)`."""
         return dict(img_size=self.img_size, num_classes=self.num_classes, drop_path_rate=self.drop_path_rate)
+
+    def scaled_lr(self) -> float:
+        """The peak learning rate of this run, linearly scaled from `lr_base_batch` when set."""
+        return self.lr if self.lr_base_batch is None else self.lr * self.batch_size / self.lr_base_batch
 
 
 def _override(info) -> tuple:

@@ -101,3 +101,18 @@ def test_existing_data_source_and_odd_batch_without_mixing_are_accepted(tmp_path
     text = GOOD + f'data: {{source: {tmp_path / "imagenet"}}}\naugment: {{mixup: 0, cutmix: 0}}\ntrain: {{batch_size: 3}}\n'
     params = load_params(write(tmp_path, text))
     assert params.data.source == str(tmp_path / 'imagenet') and params.variants['nano'].batch_size == 3
+
+
+def test_linear_lr_scaling(tmp_path):
+    text = GOOD + 'train: {batch_size: 256, lr: 1.0e-3, lr_base_batch: 1024}\n'
+    params = load_params(write(tmp_path, text))
+    assert params.variants['nano'].scaled_lr() == pytest.approx(2.5e-4)
+    plain = load_params(write(tmp_path, GOOD))
+    assert plain.variants['nano'].scaled_lr() == plain.variants['nano'].lr  # null: lr as given
+
+
+def test_recipes_keep_the_official_lr_at_batch_1024():
+    params = load_params(Path(__file__).resolve().parents[1] / 'params.yaml')
+    for name in ('s', 'm', 'b'):
+        recipe = params.recipes[name]
+        assert recipe.batch_size == 1024 and recipe.scaled_lr() == pytest.approx(1e-3)

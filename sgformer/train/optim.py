@@ -5,14 +5,6 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
-RECIPE_BATCH = 1024  # the official recipe's global batch: lr 1e-3 at 8 GPUs x 128
-
-
-def scaled_lr(base_lr: float, global_batch: int, base_batch: int = RECIPE_BATCH) -> float:
-    """Linear scaling: the recipe's lr is for `base_batch` images per step."""
-    return base_lr * global_batch / base_batch
-
-
 def create_optimizer(model: nn.Module, *, lr: float, weight_decay: float,
                      betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
     """AdamW; norms, biases (every 1-D parameter) and `model.no_weight_decay()` names get no decay.

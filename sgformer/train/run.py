@@ -73,7 +73,7 @@ def train_variant(name: str, variant, *, data, loader, augment, fsdp, checkpoint
         trainer = Trainer(
             model_name=variant.model,
             model_kwargs=variant.model_kwargs(),
-            schedule=TrainSchedule(epochs=variant.epochs, lr=variant.lr, weight_decay=variant.weight_decay,
+            schedule=TrainSchedule(epochs=variant.epochs, lr=variant.scaled_lr(), weight_decay=variant.weight_decay,
                                    warmup_epochs=variant.warmup_epochs, warmup_lr=variant.warmup_lr,
                                    min_lr=variant.min_lr, ema_decay=variant.ema_decay, ema_warmup=variant.ema_warmup,
                                    grad_clip=variant.grad_clip, max_nonfinite_steps=variant.max_nonfinite_steps),

@@ -3,7 +3,7 @@ import timm
 import pytest
 
 import sgformer  # noqa: F401
-from sgformer.train.optim import create_ema, create_optimizer, create_scheduler, scaled_lr
+from sgformer.train.optim import create_ema, create_optimizer, create_scheduler
 
 
 def test_no_weight_decay_for_norms_biases_and_pos_embed():
@@ -17,11 +17,6 @@ def test_no_weight_decay_for_norms_biases_and_pos_embed():
     assert all(model.get_parameter(n).ndim <= 1 or n == 'pos_embed' for n in plain)
     assert 'stages.0.blocks.1.attn.band_merge.0.weight' in decayed
     assert len(decayed) + len(plain) == len(names)
-
-
-def test_scaled_lr():
-    assert scaled_lr(1e-3, 1024) == pytest.approx(1e-3)
-    assert scaled_lr(1e-3, 256) == pytest.approx(2.5e-4)
 
 
 def test_warmup_then_cosine_per_step():
