@@ -56,17 +56,8 @@ def _cuda_available() -> bool:
 def _build(name: str, source: str, official: Path | None, img_size: tuple[int, int]):
     import timm
     if source == 'official':
-        import numpy as np
-        if not hasattr(np, 'float'):  # the official pos_embed.py predates NumPy 1.24
-            np.float = float
-        import importlib.util
-        sys.path.append(str(official))  # for its `from pos_embed import ...`
-        # Loaded under another name: `sgformer` stays this package.
-        spec = importlib.util.spec_from_file_location('sgformer_official', official / 'sgformer.py')
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return getattr(module, name)()
+        from bench_vs_official import load_official  # this folder is on sys.path when run as a script
+        return getattr(load_official(official), name)()
     if source == 'ours':
         from sgformer.models import sgformer as ours
         return getattr(ours, name)(img_size=img_size)
