@@ -360,7 +360,7 @@ class HybridScaleAttention(AttentionBase):
             valid[:H, :W] = True
             valid = _window_partition(valid.view(1, Hp, Wp, 1, 1), ws).view(-1, 1, 1, ws * ws)  # nW, 1, 1, ws*ws
             key_mask = valid.repeat(B, 1, 1, 1)
-            query_mask = key_mask.view(-1, ws * ws, 1).to(q.dtype if q.is_floating_point() else torch.float32)
+            query_mask = key_mask.view(-1, ws * ws, 1).to(q.dtype)
 
         out = _window_reverse(self._sdpa(q, k, v, attn_mask=key_mask), ws, Hp, Wp)
         received = _attention_received(q, k, self.scale, key_mask, query_mask)  # B*nW, ws*ws
