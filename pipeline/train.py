@@ -55,7 +55,7 @@ def main(argv=None) -> None:
                      metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
     logged = dict(params.model_dump(exclude={'variants', 'recipes'}), variant=variant.model_dump(), name=args.variant)
     try:
-        train_variant(args.variant, variant, data=params.data, loader=params.loader, augment=params.augment,
+        train_variant(args.variant, variant, data=params.data, loader=params.loader,
                       fsdp=params.fsdp, checkpoint=params.checkpoint, tracking=params.tracking, paths=paths,
                       logged_params=logged)
     except (ConfigError, NonFiniteLossError) as e:

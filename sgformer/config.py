@@ -6,8 +6,8 @@ names the file, the dotted key and the reason.
     python -m sgformer.config check [params.yaml]     # validate and print the resolved config
 
 Sections: `sample` (the generated dataset), `data` (where images live, which loader), `convert`
-(folder -> FFCV betons), `loader`, `augment`, `train` (defaults every variant inherits),
-`variants` (what the pipeline trains) and `recipes` (variants written down but not trained:
+(folder -> FFCV betons), `loader`, `augment` and `train` (defaults every variant inherits),
+`fsdp`, `checkpoint`, `tracking`, `eval` (the evaluate stage), `variants` (what the pipeline trains) and `recipes` (variants written down but not trained:
 the official ImageNet settings; move one into `variants` to train it).
 """
 import sys
@@ -123,8 +123,27 @@ class Train(_Section):
 INHERITED = tuple(Train.model_fields)
 
 
+def _override(info, section: str) -> tuple:
+    """A field of a shared section as an optional variant field: same type and ranges, None meaning "inherit"."""
+    annotation = info.annotation | None
+    if info.metadata:
+        annotation = Annotated[annotation, *info.metadata]
+    return annotation, Field(None, description=f'Default: the {section} value. {info.description}')
+
+
+# A variant's augmentation: any `augment` field, the rest taken from the shared section.
+AugmentOverride = create_model(
+    'AugmentOverride',
+    __base__=_Section,
+    __doc__='Augmentation settings of one variant; fields left out are taken from `augment`.',
+    **{name: _override(info, 'augment') for name, info in Augment.model_fields.items()},
+)
+
+
 class _VariantBase(_Section):
     model: str = Field(description="timm model name, e.g. 'sgformer_s' (registered by `import sgformer`).")
+    augment: AugmentOverride | None = Field(
+        None, description='Augmentation of this variant; keys left out are taken from the shared `augment`.')
 
     @field_validator('model')
     @classmethod
@@ -135,9 +154,17 @@ class _VariantBase(_Section):
             raise ValueError(f"unknown model {name!r}; known SG-Former models: {timm.list_models('sgformer_*')}")
         return name
 
-    def inherit(self, train: Train) -> 'Variant':
-        """This variant with every unset field taken from `train`."""
-        return self.model_copy(update={k: getattr(train, k) for k in INHERITED if getattr(self, k) is None})
+    def inherit(self, train: Train, augment: Augment) -> 'Variant':
+        """This variant with every unset field taken from `train` and its augmentation from `augment`.
+
+        Raises:
+            ValidationError: the merged augmentation breaks the `Augment` schema.
+        """
+        update = {k: getattr(train, k) for k in INHERITED if getattr(self, k) is None}
+        # keys written in the variant win, an explicit null included (`auto_augment: null` disables it)
+        own = self.augment.model_dump(exclude_unset=True) if self.augment is not None else {}
+        update['augment'] = Augment.model_validate({**augment.model_dump(), **own})
+        return self.model_copy(update=update)
 
     def model_kwargs(self) -> dict:
         """Keyword arguments for `timm.create_model(self.model, **kwargs)`."""
@@ -148,20 +175,12 @@ class _VariantBase(_Section):
         return self.lr if self.lr_base_batch is None else self.lr * self.batch_size / self.lr_base_batch
 
 
-def _override(info) -> tuple:
-    """A `train` field as an optional variant field: same type and ranges, None meaning "inherit"."""
-    annotation = info.annotation | None
-    if info.metadata:
-        annotation = Annotated[annotation, *info.metadata]
-    return annotation, Field(None, description=f'Default: the train value. {info.description}')
-
-
 # A variant may override every `train` field; the fields are derived from `Train`, declared once.
 Variant = create_model(
     'Variant',
     __base__=_VariantBase,
     __doc__='One trainable model configuration; fields left out are taken from `train`.',
-    **{name: _override(info) for name, info in Train.model_fields.items()},
+    **{name: _override(info, 'train') for name, info in Train.model_fields.items()},
 )
 
 
@@ -191,6 +210,18 @@ class Tracking(_Section):
     system_metrics: bool = Field(True, description='Also log CPU/GPU/memory utilisation.')
 
 
+class Eval(_Section):
+    """The evaluate stage: accuracy, speed, FLOPs and significance-map pictures of an export."""
+
+    weights: Literal['ema', 'model'] = Field('ema', description='Which exported weights to evaluate.')
+    batch_size: int = Field(64, ge=1, description='Images per batch when computing accuracy.')
+    speed_batch_size: int = Field(64, ge=1, description='Batch size of the throughput and latency measurement.')
+    speed_steps: int = Field(10, ge=1, description='Timed forward passes (after 2 untimed ones).')
+    resolutions: list[Annotated[int, Field(gt=0, multiple_of=32)]] = Field(
+        [], description='Extra square resolutions to evaluate at (the model runs at any multiple of 32).')
+    num_pictures: int = Field(6, ge=1, le=64, description='Val images drawn in the significance-map grids.')
+
+
 class Params(_Section):
     """The root of params.yaml."""
 
@@ -203,20 +234,30 @@ class Params(_Section):
     fsdp: Fsdp = Fsdp()
     checkpoint: Checkpoint = Checkpoint()
     tracking: Tracking = Tracking()
+    eval: Eval = Eval()
     variants: dict[str, Variant] = Field(min_length=1, description='Name -> variant trained by the pipeline.')
     recipes: dict[str, Variant] = Field({}, description='Name -> variant kept ready but not trained (ImageNet).')
 
     @model_validator(mode='after')
     def _resolve(self):
         for field in ('variants', 'recipes'):
-            resolved = {name: v.inherit(self.train) for name, v in getattr(self, field).items()}
+            resolved = {name: _inherit(f'{field}.{name}', v, self.train, self.augment)
+                        for name, v in getattr(self, field).items()}
             for name, v in resolved.items():
-                _check_batch(f'{field}.{name}.batch_size', v, mixing=self.augment.mixup > 0 or self.augment.cutmix > 0)
+                _check_batch(f'{field}.{name}.batch_size', v, mixing=v.augment.mixup > 0 or v.augment.cutmix > 0)
             object.__setattr__(self, field, resolved)
         source = Path(self.data.source)
         if self.data.source != self.sample.out and not source.is_dir():
             raise _KeyError('data.source', f'folder {source} not found (only sample.out may be missing: make_sample writes it)')
         return self
+
+
+def _inherit(key: str, variant, train: Train, augment: Augment):
+    try:
+        return variant.inherit(train, augment)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _KeyError(f"{key}.augment.{_dotted(err['loc'])}", err['msg']) from None
 
 
 def _check_batch(key: str, v: Variant, mixing: bool) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ class Tracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment(experiment)
+        if run_id is not None and not _run_exists(mlflow, run_id):
+            warnings.warn(f'MLflow run {run_id} is not in {tracking_uri}; starting a new run')
+            run_id = None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=system_metrics)
         self.run_id = run.info.run_id
 
@@ -77,8 +81,12 @@ class Tracker:
             self._mlflow.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.enabled:  # queued: a per-step sqlite transaction would cost ~10 ms of every step
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
         if self.enabled:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            self._mlflow.log_dict(data, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -86,7 +94,16 @@ class Tracker:
 
     def end(self, status: str = 'FINISHED') -> None:
         if self.enabled:
+            self._mlflow.flush_async_logging()
             self._mlflow.end_run(status=status)
+
+
+def _run_exists(mlflow, run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any], enabled: bool = True) -> None:

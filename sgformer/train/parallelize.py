@@ -47,6 +47,7 @@ def parallelize(
         reduce_dtype: str = 'float32',
         activation_checkpointing: bool = False,
         compile: bool = False,
+        shard: bool = True,
 ) -> nn.Module:
     """Activation checkpointing, then per-block compile, then FSDP2; returns the model (changed in place).
 
@@ -57,10 +58,14 @@ def parallelize(
         reduce_dtype: Dtype of the gradient reduce-scatter.
         activation_checkpointing: Recompute block activations in backward.
         compile: `torch.compile` each block.
+        shard: Apply FSDP2. Over a single float32 rank it changes no number and only adds copies
+            (it halves a small model's CPU throughput), so the trainer turns it off there.
     """
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
         apply_compile(model)
-    apply_fsdp(model, mesh=mesh, param_dtype=TORCH_DTYPES[param_dtype], reduce_dtype=TORCH_DTYPES[reduce_dtype])
+    if shard:
+        apply_fsdp(model, mesh=mesh, param_dtype=TORCH_DTYPES[param_dtype],
+                   reduce_dtype=TORCH_DTYPES[reduce_dtype])
     return model

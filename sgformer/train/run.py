@@ -45,17 +45,18 @@ def _param_dtype(setting: str, device: torch.device) -> str:
     return 'bfloat16' if device.type == 'cuda' else 'float32'
 
 
-def _loaders(variant, data, loader, augment, paths: RunPaths, rank_batch: int, device, distributed: bool):
+def _loaders(variant, data, loader, paths: RunPaths, rank_batch: int, device, distributed: bool):
     common = dict(backend=data.backend, source=paths.source, betons=paths.betons, img_size=variant.img_size,
                   num_workers=loader.num_workers, os_cache=loader.os_cache, batches_ahead=loader.batches_ahead,
-                  distributed=distributed, device=device, crop_pct=augment.crop_pct, seed=variant.seed)
+                  distributed=distributed, device=device, crop_pct=variant.augment.crop_pct, seed=variant.seed)
+    augment = variant.augment
     train = create_loader(split='train', batch_size=rank_batch, scale=augment.scale, ratio=augment.ratio,
                           hflip=augment.hflip, **common)
     val = create_loader(split='val', batch_size=rank_batch, **common)
     return train, val
 
 
-def train_variant(name: str, variant, *, data, loader, augment, fsdp, checkpoint, tracking, paths: RunPaths,
+def train_variant(name: str, variant, *, data, loader, fsdp, checkpoint, tracking, paths: RunPaths,
                   logged_params: dict[str, Any]) -> dict[str, float]:
     """Train `variant` (a resolved `sgformer.config.Variant`) and export it; returns the final metrics.
 
@@ -68,7 +69,7 @@ def train_variant(name: str, variant, *, data, loader, augment, fsdp, checkpoint
             raise ConfigError(f'variants.{name}.num_classes is {variant.num_classes} but the data has '
                              f'{len(class_index)} classes ({paths.betons / "class_index.json"})')
         rank_batch = variant.batch_size // info.world_size
-        train_loader, val_loader = _loaders(variant, data, loader, augment, paths, rank_batch, info.device,
+        train_loader, val_loader = _loaders(variant, data, loader, paths, rank_batch, info.device,
                                             distributed=info.world_size > 1)
         trainer = Trainer(
             model_name=variant.model,
@@ -95,6 +96,7 @@ def train_variant(name: str, variant, *, data, loader, augment, fsdp, checkpoint
             tracker.log_params(logged_params)
             tracker.set_tags(dict(git_tags(), variant=name, stage='train', world_size=str(info.world_size),
                                   device=str(info.device), torch=torch.__version__, timm=timm.__version__))
+        augment = variant.augment
         train_transform = TrainTransform(num_classes=variant.num_classes, auto_augment=augment.auto_augment,
                                          reprob=augment.reprob, mixup=augment.mixup, cutmix=augment.cutmix,
                                          smoothing=augment.smoothing, seed=variant.seed + 1_000_003 * info.rank,
@@ -124,7 +126,7 @@ def _export(name, variant, class_index, final, model_sd, ema_sd, paths: RunPaths
     save_weights(ema_sd, paths.model_dir / 'ema.safetensors')
     write_model_card(paths.model_dir / 'card.json', variant=name, model=variant.model,
                      model_kwargs=variant.model_kwargs(), weights={'model': 'model.safetensors', 'ema': 'ema.safetensors'},
-                     metrics=final, class_index=class_index)
+                     metrics=final, class_index=class_index, mlflow_run_id=tracker.run_id)
     write_metrics(paths.metrics, final)
     write_plot(paths.plots_dir / 'train.tsv', history)
     for file in ('card.json', 'model.safetensors', 'ema.safetensors'):

@@ -124,9 +124,11 @@ class Trainer:
         torch.manual_seed(seed)  # the same initial weights on every rank
         self.model = timm.create_model(model_name, **model_kwargs)
         self.ema = create_ema(self.model, decay=schedule.ema_decay, warmup=schedule.ema_warmup)
+        shard = dist_info.world_size > 1 or parallelism.param_dtype != 'float32'
         for module in (self.model, self.ema.module):
             parallelize(module, param_dtype=parallelism.param_dtype, reduce_dtype=parallelism.reduce_dtype,
-                        activation_checkpointing=parallelism.activation_checkpointing, compile=parallelism.compile)
+                        activation_checkpointing=parallelism.activation_checkpointing, compile=parallelism.compile,
+                        shard=shard)
         self.optimizer = create_optimizer(self.model, lr=schedule.lr, weight_decay=schedule.weight_decay)
         warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
         self.scheduler = create_scheduler(self.optimizer, total_steps=schedule.epochs * steps_per_epoch,
