@@ -52,6 +52,11 @@ def test_repo_params_file_is_valid():
     (GOOD + 'train: {batch_size: 6, world_size: 4}\n', 'variants.nano.batch_size', 'not divisible by world_size 4'),
     (GOOD + 'train: {batch_size: 6, world_size: 2}\n', 'variants.nano.batch_size', 'need an even batch per rank'),
     (GOOD + 'recipes: {x: {model: resnet_9000}}\n', 'recipes.x.model', "unknown model 'resnet_9000'"),
+    (GOOD + '    augment: {auto_augment: original}\n', 'variants.nano.augment.auto_augment', 'only RandAugment'),
+    (GOOD + '    augment: {mixup: -1}\n', 'variants.nano.augment.mixup', 'greater than or equal to 0'),
+    (GOOD + '    augment: {mixupp: 1}\n', 'variants.nano.augment.mixupp', 'Extra inputs are not permitted'),
+    (GOOD + 'eval: {resolutions: [64, 100]}\n', 'eval.resolutions.1', 'multiple of 32'),
+    (GOOD + 'eval: {weights: best}\n', 'eval.weights', "'ema' or 'model'"),
 ])
 def test_bad_file_names_key_and_reason(tmp_path, text, key, reason):
     path = write(tmp_path, text)
@@ -116,3 +121,21 @@ def test_recipes_keep_the_official_lr_at_batch_1024():
     for name in ('s', 'm', 'b'):
         recipe = params.recipes[name]
         assert recipe.batch_size == 1024 and recipe.scaled_lr() == pytest.approx(1e-3)
+
+
+def test_variant_augment_overrides_only_the_keys_it_names(tmp_path):
+    text = (GOOD + '    augment: {mixup: 0.0, auto_augment: null}\n' + '  other: {model: sgformer_nano}\n'
+            + 'augment: {cutmix: 0.5, reprob: 0.0}\n')
+    variant = load_params(write(tmp_path, text)).variants
+    nano, other = variant['nano'].augment, variant['other'].augment
+    assert (nano.mixup, nano.auto_augment, nano.cutmix, nano.reprob) == (0.0, None, 0.5, 0.0)
+    assert (other.mixup, other.auto_augment, other.cutmix) == (0.8, 'rand-m9-mstd0.5-inc1', 0.5)
+
+
+def test_recipes_carry_the_official_augmentation():
+    params = load_params(Path(__file__).resolve().parents[1] / 'params.yaml')
+    for name in ('s', 'm', 'b'):
+        augment = params.recipes[name].augment
+        assert (augment.auto_augment, augment.reprob, augment.mixup, augment.cutmix, augment.smoothing) == \
+            ('rand-m9-mstd0.5-inc1', 0.25, 0.8, 1.0, 0.1)
+        assert tuple(augment.scale) == (0.08, 1.0)

@@ -1,7 +1,9 @@
 """One variant's training run, end to end: process group, loaders, augmentation, `Trainer`,
 MLflow tracking, DVC metrics / plots and the exported weights.
 """
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,26 @@ def _loaders(variant, data, loader, paths: RunPaths, rank_batch: int, device, di
     return train, val
 
 
+def run_fingerprint(variant, data, class_index: dict, betons: Path) -> str:
+    """A short hash of everything that makes two training runs the same run: the resolved variant
+    (but not world_size: DCP reshards on resume), the data settings and the betons' identity."""
+    settings = variant.model_dump(exclude={'world_size'})
+    beton_stats = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(betons.glob('*.beton'))}
+    payload = json.dumps([settings, data.model_dump(), class_index, beton_stats], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _run_checkpoint_dir(root: Path, fingerprint: str, is_main: bool) -> Path:
+    """`root/<fingerprint>`: a rerun with the same settings resumes; changed settings (e.g. a
+    `dvc exp run -S variants.x.lr=...`) start over instead of resuming a finished, different run."""
+    if is_main and root.is_dir():
+        for stale in root.iterdir():
+            if stale.is_dir() and stale.name != fingerprint:
+                shutil.rmtree(stale)
+    dist.barrier()
+    return root / fingerprint
+
+
 def train_variant(name: str, variant, *, data, loader, fsdp, checkpoint, tracking, paths: RunPaths,
                   logged_params: dict[str, Any]) -> dict[str, float]:
     """Train `variant` (a resolved `sgformer.config.Variant`) and export it; returns the final metrics.
@@ -82,7 +104,8 @@ def train_variant(name: str, variant, *, data, loader, fsdp, checkpoint, trackin
                                     activation_checkpointing=fsdp.activation_checkpointing, compile=fsdp.compile),
             dist_info=info,
             steps_per_epoch=len(train_loader),
-            checkpoint_dir=paths.checkpoint_dir,
+            checkpoint_dir=_run_checkpoint_dir(paths.checkpoint_dir, run_fingerprint(variant, data, class_index, paths.betons),
+                                               info.is_main),
             checkpoint_every=checkpoint.every_epochs,
             keep_checkpoints=checkpoint.keep,
             seed=variant.seed,

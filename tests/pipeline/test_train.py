@@ -76,6 +76,7 @@ def test_train_stage_two_ranks(tmp_path):
     experiment = client.get_experiment_by_name('stage-test')
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == 'nano' and run.info.status == 'FINISHED'
+    assert card['mlflow_run_id'] == run.info.run_id  # the evaluate stage logs into this run
     assert run.data.params['train.epochs'] == '2' and run.data.params['variant.model'] == 'sgformer_nano'
     assert run.data.tags['world_size'] == '2' and len(run.data.tags['git.commit']) == 40
     steps_per_epoch = 36 // 8  # 36 readable train images (3 x 12), global batch 8, drop_last
@@ -115,7 +116,7 @@ def test_kill_9_mid_run_then_rerun_matches_uninterrupted(tmp_path):
     launch = subprocess.Popen(train_command(interrupted, params), cwd=ROOT, env=train_env(), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 400
-    while not (interrupted / 'ckpt' / 'nano' / 'step-4').exists() and launch.poll() is None:
+    while not list((interrupted / 'ckpt' / 'nano').glob('*/step-4')) and launch.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     time.sleep(1.0)  # into the next epoch
