@@ -6,6 +6,7 @@ optimizer state held by each rank (sharding should halve them). Prints a markdow
 
     python benchmarks/bench_train.py                               # sgformer_tiny, 64 px, CPU
     python benchmarks/bench_train.py --model sgformer_s --img-size 224 --batch 128 --nprocs 1 --device cuda
+    python benchmarks/bench_train.py --model sgformer_nano --batch 64 --nprocs 1 --no-shard   # what the trainer runs on 1 CPU rank
 """
 import argparse
 import json
@@ -26,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--nprocs', type=int, nargs='+', default=[1, 2])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--param-dtype', default='float32', choices=['float32', 'bfloat16'])
+    p.add_argument('--no-shard', action='store_true', help='skip fully_shard (the trainer does on one float32 rank)')
     p.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'bench_train.json')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -53,7 +55,7 @@ def run_worker(args) -> None:
     info = init_distributed(args.device)
     torch.manual_seed(0)
     model = timm.create_model(args.model, img_size=args.img_size)
-    parallelize(model, param_dtype=args.param_dtype)
+    parallelize(model, param_dtype=args.param_dtype, shard=not args.no_shard)
     optimizer = create_optimizer(model, lr=1e-4, weight_decay=0.05)
     per_rank = args.batch // info.world_size
     x = torch.randn(per_rank, 3, args.img_size, args.img_size, device=info.device)
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = rows[0]
     print(f'model={args.model} img={args.img_size} global_batch={args.batch} device={args.device} '
-          f'param_dtype={args.param_dtype} steps={args.steps}')
+          f'param_dtype={args.param_dtype} steps={args.steps} shard={not args.no_shard}')
     print('| ranks | img/s per rank | img/s total | params MiB / rank | optimizer MiB / rank | memory × 1 rank |')
     print('|---|---|---|---|---|---|')
     for r in rows:
