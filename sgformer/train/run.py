@@ -48,10 +48,10 @@ def _param_dtype(setting: str, device: torch.device) -> str:
 
 
 def _loaders(variant, data, loader, paths: RunPaths, rank_batch: int, device, distributed: bool):
+    augment = variant.augment
     common = dict(backend=data.backend, source=paths.source, betons=paths.betons, img_size=variant.img_size,
                   num_workers=loader.num_workers, os_cache=loader.os_cache, batches_ahead=loader.batches_ahead,
-                  distributed=distributed, device=device, crop_pct=variant.augment.crop_pct, seed=variant.seed)
-    augment = variant.augment
+                  distributed=distributed, device=device, crop_pct=augment.crop_pct, seed=variant.seed)
     train = create_loader(split='train', batch_size=rank_batch, scale=augment.scale, ratio=augment.ratio,
                           hflip=augment.hflip, **common)
     val = create_loader(split='val', batch_size=rank_batch, **common)
@@ -91,6 +91,8 @@ def train_variant(name: str, variant, *, data, loader, fsdp, checkpoint, trackin
             raise ConfigError(f'variants.{name}.num_classes is {variant.num_classes} but the data has '
                              f'{len(class_index)} classes ({paths.betons / "class_index.json"})')
         rank_batch = variant.batch_size // info.world_size
+        # rank 0's view decides: file times may differ between the nodes' copies of the betons
+        fingerprint = _broadcast(run_fingerprint(variant, data, class_index, paths.betons))
         train_loader, val_loader = _loaders(variant, data, loader, paths, rank_batch, info.device,
                                             distributed=info.world_size > 1)
         trainer = Trainer(
@@ -104,8 +106,7 @@ def train_variant(name: str, variant, *, data, loader, fsdp, checkpoint, trackin
                                     activation_checkpointing=fsdp.activation_checkpointing, compile=fsdp.compile),
             dist_info=info,
             steps_per_epoch=len(train_loader),
-            checkpoint_dir=_run_checkpoint_dir(paths.checkpoint_dir, run_fingerprint(variant, data, class_index, paths.betons),
-                                               info.is_main),
+            checkpoint_dir=_run_checkpoint_dir(paths.checkpoint_dir, fingerprint, info.is_main),
             checkpoint_every=checkpoint.every_epochs,
             keep_checkpoints=checkpoint.keep,
             seed=variant.seed,
