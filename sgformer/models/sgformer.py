@@ -847,15 +847,15 @@ def checkpoint_filter_fn(state_dict: dict, model: SGFormer) -> dict[str, torch.T
     return state_dict
 
 
-# Official checkpoints (timm 0.3.4 `CheckpointSaver`) pickle the run's argparse `Namespace` next to
-# the weights. Allow-listing that one plain attribute container lets every `weights_only=True`
-# load read them, `timm.create_model(..., pretrained_cfg_overlay=dict(file=...))` included.
-torch.serialization.add_safe_globals([argparse.Namespace])
-
-
 def load_official_checkpoint(path: str, map_location: str | torch.device = 'cpu') -> dict:
-    """Load an official training checkpoint (`weights_only=True`, nothing but `Namespace` allow-listed)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load an official training checkpoint (`weights_only=True`, nothing but `Namespace` allow-listed).
+
+    Official checkpoints (timm 0.3.4 `CheckpointSaver`) pickle the run's argparse `Namespace` next
+    to the weights. It is allowed for this call only: a process-wide `add_safe_globals` would be
+    undone by the first `safe_globals([Namespace])` block to exit (timm's own loader has one).
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _create_sgformer(variant: str, pretrained: bool = False, **kwargs) -> SGFormer:

@@ -156,6 +156,8 @@ def test_create_model_pretrained_file_round_trip(tmp_path):
     assert model.pretrained_cfg['interpolation'] == 'bicubic'
     data_cfg = timm.data.resolve_data_config(model=model)
     assert data_cfg['crop_pct'] == 0.9 and data_cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN
+    # timm's loader leaves a `safe_globals([Namespace])` block; ours must still load afterwards
+    assert load_official_checkpoint(path)['args'].model == 'sgformer_s'
 
 
 # --- any resolution ---------------------------------------------------------------------------
