@@ -32,24 +32,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def import_official(checkpoint: str | Path, model_name: str, out: str | Path, *, img_size: int = 224,
                     num_classes: int = 1000, class_index: dict[str, int] | None = None) -> dict:
-    """Write `out/model.safetensors`, `out/ema.safetensors` and `out/card.json`.
+    """Write `out/model.safetensors` and/or `out/ema.safetensors`, and `out/card.json`.
 
-    A file without `state_dict_ema` gets its plain weights under both names (evaluate reads the EMA
-    by default); a bare state dict counts as the plain weights.
+    The card always names both weights: when the file holds only one set (e.g. no `state_dict_ema`),
+    both point at it (evaluate reads the EMA by default).
     """
     raw = load_official_checkpoint(str(checkpoint))
     sources = {name: raw[key] for key, name in (('state_dict', 'model'), ('state_dict_ema', 'ema')) if key in raw}
-    sources = sources or {'model': raw}
-    sources.setdefault('ema', sources.get('model'))
-    sources.setdefault('model', sources['ema'])
+    sources = sources or {'model': raw}  # a bare state dict: the plain weights
     model_kwargs = dict(img_size=img_size, num_classes=num_classes, drop_path_rate=0.0)
     for name, state_dict in sources.items():
         model = timm.create_model(model_name, **model_kwargs)
         model.load_state_dict(checkpoint_filter_fn(state_dict, model))  # strict: every key must map
         save_weights(model.state_dict(), Path(out) / f'{name}.safetensors')
+    files = {name: f'{name}.safetensors' for name in sources}
+    files.setdefault('ema', files.get('model'))  # a missing set of weights points at the other file
+    files.setdefault('model', files['ema'])
     return write_model_card(Path(out) / 'card.json', variant=Path(out).name, model=model_name, model_kwargs=model_kwargs,
-                            weights={name: f'{name}.safetensors' for name in sources}, metrics={},
-                            class_index=class_index)
+                            weights=files, metrics={}, class_index=class_index)
 
 
 def main(argv=None) -> None:

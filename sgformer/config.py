@@ -7,8 +7,9 @@ names the file, the dotted key and the reason.
 
 Sections: `sample` (the generated dataset), `data` (where images live, which loader), `convert`
 (folder -> FFCV betons), `loader`, `augment` and `train` (defaults every variant inherits),
-`fsdp`, `checkpoint`, `tracking`, `eval` (the evaluate stage), `variants` (what the pipeline trains) and `recipes` (variants written down but not trained:
-the official ImageNet settings; move one into `variants` to train it).
+`fsdp`, `checkpoint`, `tracking`, `eval` (the evaluate stage), `variants` (what the pipeline
+trains) and `recipes` (variants written down but not trained: the official ImageNet settings;
+move one into `variants` to train it).
 """
 import sys
 from pathlib import Path
