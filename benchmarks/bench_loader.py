@@ -7,10 +7,17 @@ enlarged to ImageNet-like files (sides 350-400 px, JPEG quality 90), written to 
 Each loader runs `--epochs` epochs, alternating with the others; the first (numba JIT, worker
 start-up) is not timed.
 
+A second table splits the work of one image, on one thread, into the steps each loader runs for
+the same random crops: PIL decode + torchvision antialiased resize (the baseline), libffcv's
+turbojpeg decode and its `resize_crop` (OpenCV `INTER_AREA`, what FFCV runs for every image).
+`--workers` threads doing nothing but FFCV's decode and resize give a ceiling on FFCV's images/s,
+printed against the measured baseline.
+
     python benchmarks/bench_loader.py                          # 3000 images, 2 workers, 224 px
     python benchmarks/bench_loader.py --per-class 100 --epochs 2 --img-size 160
 """
 import argparse
+import io
 import json
 import os
 import platform
@@ -18,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--write-modes', nargs='+', default=['proportion', 'raw'],
                    choices=['proportion', 'jpg', 'raw', 'smart'], help='beton write modes to time (one beton each)')
     p.add_argument('--augment', action='store_true', help='also time the batched train augmentation')
+    p.add_argument('--per-image', type=int, default=300, help='images in the one-thread per-step table (0: skip)')
     p.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'bench_loader.json')
     return p.parse_args(argv)
 
@@ -59,6 +70,40 @@ def time_interleaved(loaders: dict, epochs: int, transform=None) -> dict[str, fl
                 images[name] += count
                 seconds[name] += time.perf_counter() - start
     return {name: images[name] / seconds[name] for name in loaders}
+
+
+def _mean_ms(fn, items) -> float:
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return 1e3 * (time.perf_counter() - start) / len(items)
+
+
+def per_image_costs(files: list[Path], img_size: int, seed: int = 0) -> dict[str, float]:
+    """Mean milliseconds per image, on one thread, of each step the two loaders run, on the same crops."""
+    from PIL import Image
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+    from ffcv.libffcv import imdecode, resize_crop
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    blobs = [f.read_bytes() for f in files]
+    decoded = [np.array(Image.open(io.BytesIO(b)).convert('RGB')) for b in blobs]
+    crops = [v2.RandomResizedCrop.get_params(torch.empty(1, *d.shape[:2]), [0.08, 1.0], [3 / 4, 4 / 3]) for d in decoded]
+    tensors = [torch.from_numpy(d).permute(2, 0, 1) for d in decoded]
+    out = np.empty((img_size, img_size, 3), np.uint8)
+    jobs = list(zip(blobs, decoded, tensors, crops))
+    costs = {
+        'pil_decode': _mean_ms(lambda j: Image.open(io.BytesIO(j[0])).convert('RGB').load(), jobs),
+        'torchvision_resize': _mean_ms(lambda j: TF.resized_crop(j[2], *j[3], [img_size, img_size], antialias=True), jobs),
+        'ffcv_decode': _mean_ms(lambda j: imdecode(np.frombuffer(j[0], np.uint8), np.empty_like(j[1]), *j[1].shape[:2],
+                                                     *j[1].shape[:2], 0, 0, 1, 1, False, False), jobs),
+        'ffcv_resize': _mean_ms(lambda j: resize_crop(j[1], j[3][0], j[3][0] + j[3][2], j[3][1], j[3][1] + j[3][3], out), jobs),
+    }
+    torch.set_num_threads(threads)
+    return costs
 
 
 def run(args: argparse.Namespace, root: Path) -> dict:
@@ -81,7 +126,31 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         result['ffcv'][mode] = dict(img_s=round(speed[mode], 1), ratio=round(speed[mode] / speed['folder'], 2),
                                     convert_write_img_s=stats['train']['images_per_s'],
                                     convert_total_img_s=stats['images_per_s'], beton_bytes=stats['train']['bytes'])
+    if args.per_image:
+        files = sorted((root / 'src' / 'train').rglob('*.JPEG'))
+        costs = per_image_costs(files[::max(1, len(files) // args.per_image)][:args.per_image], args.img_size)
+        result['per_image_ms'] = {k: round(v, 3) for k, v in costs.items()}
+        result['ffcv_ceiling_img_s'] = {k: round(v, 1) for k, v in ffcv_ceilings(costs, args.workers).items()}
     return result
+
+
+def ffcv_ceilings(costs: dict[str, float], workers: int) -> dict[str, float]:
+    """Images/s of `workers` threads that only decode and resize, per write mode."""
+    per_image = {'raw': costs['ffcv_resize'], 'proportion': costs['ffcv_resize'] + costs['ffcv_decode'] / 2,
+                 'jpg': costs['ffcv_resize'] + costs['ffcv_decode']}
+    return {mode: 1e3 * workers / ms for mode, ms in per_image.items()}
+
+
+def print_per_image(result: dict, workers: int) -> None:
+    costs, folder = result['per_image_ms'], result['folder_img_s']
+    print('\n| one image, one thread | ms |\n|---|---|')
+    print(f"| baseline: PIL decode | {costs['pil_decode']:.3f} |")
+    print(f"| baseline: torchvision antialiased resized crop | {costs['torchvision_resize']:.3f} |")
+    print(f"| FFCV: turbojpeg decode (compressed images only) | {costs['ffcv_decode']:.3f} |")
+    print(f"| FFCV: resize_crop, OpenCV INTER_AREA (every image) | {costs['ffcv_resize']:.3f} |")
+    print(f'\n| FFCV ceiling, {workers} threads doing only decode + resize | img/s | vs ImageFolder measured |\n|---|---|---|')
+    for mode, img_s in ffcv_ceilings(costs, workers).items():
+        print(f'| beton `{mode}` | {img_s:.0f} | {img_s / folder:.2f}x |')
 
 
 def main(argv=None) -> None:
@@ -99,6 +168,8 @@ def main(argv=None) -> None:
     for mode, r in result['ffcv'].items():
         print(f"| conversion `{mode}`: beton writing / check + write both splits | "
               f"{r['convert_write_img_s']} / {r['convert_total_img_s']} | |")
+    if 'per_image_ms' in result:
+        print_per_image(result, args.workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(result, setup=setup, args={k: str(v) for k, v in vars(args).items()},
                                         python=platform.python_version()), indent=2) + '\n')

@@ -4,6 +4,11 @@ Separate processes on a small, noisy machine make single rows vary by ±15 %; al
 models in one process exposes both to the same noise, so their ratio is steadier. Prints the
 median seconds per training step (forward + backward) and per inference batch, and the ratios.
 
+`--profile` then runs one more training step of each under `torch.profiler` and splits its self
+CPU time by kind of operator. Matrix products and convolutions are the same arithmetic in both
+implementations, so the official step time over this implementation's share of them bounds the
+training speed-up any rewrite of the rest can reach.
+
     python benchmarks/bench_vs_official.py --official /path/to/SG-Former [--variant sgformer_s --batch 8 --steps 5]
 """
 import argparse
@@ -26,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--batch', type=int, default=8, help='training batch (inference: twice this)')
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--steps', type=int, default=5)
+    p.add_argument('--profile', action='store_true', help='split one training step of each by operator kind')
     p.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'bench_vs_official.json')
     return p.parse_args(argv)
 
@@ -40,6 +46,46 @@ def load_official(checkout: Path):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# Operator kinds of the profile, matched on the aten name; the first match wins.
+OP_KINDS = {
+    'matmul (Linear)': ('aten::mm', 'aten::addmm', 'aten::linear'),
+    'convolution': ('aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::_convolution'),
+    'attention': ('aten::_scaled_dot_product', 'aten::bmm', 'aten::_softmax', 'aten::baddbmm'),
+    'copies (permute, cat, contiguous)': ('aten::copy_', 'aten::cat', 'aten::clone'),
+    'activation and norms': ('aten::gelu', 'aten::native_layer_norm', 'aten::native_group_norm'),
+    'sort, gather, scatter': ('aten::sort', 'aten::argsort', 'aten::gather', 'aten::scatter'),
+}
+
+
+def op_kind(name: str) -> str:
+    return next((kind for kind, prefixes in OP_KINDS.items() if name.startswith(prefixes)), 'other')
+
+
+def profile_step(step) -> dict[str, float]:
+    """Self CPU seconds of one call of `step`, summed per operator kind."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    split = dict.fromkeys([*OP_KINDS, 'other'], 0.0)
+    for event in prof.key_averages():
+        split[op_kind(event.key)] += event.self_cpu_time_total / 1e6
+    return split
+
+
+def print_profile(splits: dict[str, dict[str, float]]) -> float:
+    """Print the per-kind table; returns the bound on the training speed-up."""
+    totals = {name: sum(split.values()) for name, split in splits.items()}
+    print('\n| self CPU s, one training step | official | ours |\n|---|---|---|')
+    for kind in splits['ours']:
+        print(f"| {kind} | {splits['official'][kind]:.3f} | {splits['ours'][kind]:.3f} |")
+    print(f"| total (under the profiler) | {totals['official']:.3f} | {totals['ours']:.3f} |")
+    shared = splits['ours']['matmul (Linear)'] + splits['ours']['convolution']
+    bound = totals['official'] / shared
+    print(f'\nmatrix products + convolutions of ours: {shared:.3f} s; with everything else free the '
+          f'training speed-up would be {bound:.2f}x')
+    return bound
 
 
 def main(argv=None) -> None:
@@ -83,6 +129,9 @@ def main(argv=None) -> None:
     for kind in ('train', 'infer'):
         print(f"| {kind} | {medians[f'official_{kind}_s']:.3f} | {medians[f'ours_{kind}_s']:.3f} | "
               f"{result[f'{kind}_speedup']:.2f}x |")
+    if args.profile:
+        result['profile_s'] = {name: profile_step(lambda: train_step(model)) for name, model in models.items()}
+        result['train_speedup_bound'] = print_profile(result['profile_s'])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 
