@@ -9,9 +9,12 @@ def create_optimizer(model: nn.Module, *, lr: float, weight_decay: float,
                      betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
     """AdamW; norms, biases (every 1-D parameter) and `model.no_weight_decay()` names get no decay.
 
-    Build it after `fully_shard`, so that it holds the sharded parameters.
+    Build it after `fully_shard`, so that it holds the sharded parameters. The fused kernel updates
+    all parameters in one pass (CPU and CUDA, plain tensors and FSDP2 shards): on CPU torch's
+    default loops over the parameters one at a time, about 6x slower for SG-Former's ~200 tensors.
     """
-    return create_optimizer_v2(model, opt='adamw', lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+    return create_optimizer_v2(model, opt='adamw', lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
+                               fused=True)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int,
