@@ -89,19 +89,27 @@ def per_image_costs(files: list[Path], img_size: int, seed: int = 0) -> dict[str
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    blobs = [f.read_bytes() for f in files]
-    decoded = [np.array(Image.open(io.BytesIO(b)).convert('RGB')) for b in blobs]
-    crops = [v2.RandomResizedCrop.get_params(torch.empty(1, *d.shape[:2]), [0.08, 1.0], [3 / 4, 4 / 3]) for d in decoded]
-    tensors = [torch.from_numpy(d).permute(2, 0, 1) for d in decoded]
+    blobs = [np.frombuffer(f.read_bytes(), np.uint8) for f in files]
+    pixels = [np.array(Image.open(io.BytesIO(blob)).convert('RGB')) for blob in blobs]
+    crops = [v2.RandomResizedCrop.get_params(torch.empty(1, *p.shape[:2]), [0.08, 1.0], [3 / 4, 4 / 3]) for p in pixels]
     out = np.empty((img_size, img_size, 3), np.uint8)
-    jobs = list(zip(blobs, decoded, tensors, crops))
-    costs = {
-        'pil_decode': _mean_ms(lambda j: Image.open(io.BytesIO(j[0])).convert('RGB').load(), jobs),
-        'torchvision_resize': _mean_ms(lambda j: TF.resized_crop(j[2], *j[3], [img_size, img_size], antialias=True), jobs),
-        'ffcv_decode': _mean_ms(lambda j: imdecode(np.frombuffer(j[0], np.uint8), np.empty_like(j[1]), *j[1].shape[:2],
-                                                     *j[1].shape[:2], 0, 0, 1, 1, False, False), jobs),
-        'ffcv_resize': _mean_ms(lambda j: resize_crop(j[1], j[3][0], j[3][0] + j[3][2], j[3][1], j[3][1] + j[3][3], out), jobs),
-    }
+
+    def pil_decode(i):
+        Image.open(io.BytesIO(blobs[i])).convert('RGB').load()
+
+    def torchvision_resize(i):
+        TF.resized_crop(torch.from_numpy(pixels[i]).permute(2, 0, 1), *crops[i], [img_size, img_size], antialias=True)
+
+    def ffcv_decode(i):
+        height, width = pixels[i].shape[:2]
+        imdecode(blobs[i], np.empty_like(pixels[i]), height, width, height, width, 0, 0, 1, 1, False, False)
+
+    def ffcv_resize(i):
+        top, left, height, width = crops[i]
+        resize_crop(pixels[i], top, top + height, left, left + width, out)
+
+    steps = (pil_decode, torchvision_resize, ffcv_decode, ffcv_resize)
+    costs = {step.__name__: _mean_ms(step, range(len(files))) for step in steps}
     torch.set_num_threads(threads)
     return costs
 
