@@ -11,6 +11,7 @@ optimizer state held by each rank (sharding should halve them). Prints a markdow
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def run_worker(args) -> None:
     if info.device.type == 'cuda':
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
-    optimizer_ms = 1e3 * sorted(optimizer_seconds[-args.steps:])[args.steps // 2]
+    optimizer_ms = 1e3 * statistics.median(optimizer_seconds[-args.steps:])
     state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
     row = torch.tensor([per_rank / seconds, _local_bytes(model.parameters()), _local_bytes(state), optimizer_ms],
                        dtype=torch.float64)

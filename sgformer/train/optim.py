@@ -10,8 +10,9 @@ def create_optimizer(model: nn.Module, *, lr: float, weight_decay: float,
     """AdamW; norms, biases (every 1-D parameter) and `model.no_weight_decay()` names get no decay.
 
     Build it after `fully_shard`, so that it holds the sharded parameters. The fused kernel updates
-    all parameters in one pass (CPU and CUDA, plain tensors and FSDP2 shards): on CPU torch's
-    default loops over the parameters one at a time, about 6x slower for SG-Former's ~200 tensors.
+    all parameters in one pass (CPU and CUDA, plain tensors and FSDP2 shards). On CPU torch's
+    default loops over SG-Former's ~200 tensors one at a time: 3x slower on plain tensors, 7x on
+    FSDP2 shards (`benchmarks/bench_train.py --optimizer-loop`).
     """
     return create_optimizer_v2(model, opt='adamw', lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
                                fused=True)
