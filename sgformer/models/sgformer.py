@@ -22,6 +22,25 @@ changes its results there:
     `band_layout`: a band of L tokens becomes n = max(1, round(L / r)) tokens, its L tokens
     linearly resampled to n * r (identity when L == n * r, always the case at 224 and 448) before
     the shared `Linear(r -> 1)` merges each run of r rank-adjacent tokens.
+
+The timm model contract, as timm's hierarchical transformers (Swin, PVT-v2, HieraDet) keep it:
+
+* `forward_features` returns `B, H/32, W/32, C` (NHWC, `output_fmt = 'NHWC'` as in Swin); the head
+  pools over (H, W).
+* `forward_intermediates` / `prune_intermediate_layers` take the outputs of `stages.0..3`
+  (strides 4, 8, 16, 32), NCHW by default or NHWC. Each stage ends with its own norm, which feeds
+  the next stage (as in PVT-v2), so every intermediate is already normalized and `norm=` changes
+  nothing.
+* `features_only=True` wraps the model in timm's `FeatureGetterNet` (`feature_cls='getter'`, as
+  HieraDet and Twins, which also add an absolute position embedding outside any child module):
+  NCHW maps, `out_indices` default `(0, 1, 2, 3)`, negative indices allowed.
+  `feature_cls='hook'` and `'fx'` also work and return the stages' NHWC maps, as they do for Swin.
+  The module-rewriting `'list'` / `'dict'` wrappers are refused: they rebuild the network from its
+  child modules and would skip `pos_embed`.
+* FX: `timm.models.create_feature_extractor` traces the model; the shape-dependent Python
+  (position-embedding resampling, window padding, band layout) and the no-grad significance pass
+  are registered with `register_notrace_function` (public names: FX autowraps no function whose
+  name starts with `_`), so one traced graph serves every resolution.
 """
 import argparse
 import math
@@ -38,7 +57,9 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import FeatureDictNet, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._features_fx import register_notrace_function
 
 __all__ = ['SGFormer']
 
@@ -135,15 +156,16 @@ def _split_kv(kv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Ten
     return k, v
 
 
-def _fused_linear(x: torch.Tensor, *layers: nn.Linear) -> list[torch.Tensor]:
+def _fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
     """Apply several Linear layers that read the same input as one matmul; returns their outputs.
 
     One wide GEMM reads `x` once and, in backward, sums the input gradient inside the GEMM
-    instead of adding one gradient per layer.
+    instead of adding one gradient per layer. The split is returned as is (callers unpack it,
+    which FX can trace; `list(...)` of a traced tensor cannot be).
     """
     weight = torch.cat([layer.weight for layer in layers])
     biases = [layer.bias if layer.bias is not None else weight.new_zeros(layer.out_features) for layer in layers]
-    return list(F.linear(x, weight, torch.cat(biases)).split([layer.out_features for layer in layers], dim=-1))
+    return F.linear(x, weight, torch.cat(biases)).split([layer.out_features for layer in layers], dim=-1)
 
 
 def _merge_heads(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -152,8 +174,9 @@ def _merge_heads(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, H, W, h * d)
 
 
+@register_notrace_function  # reason: no-grad / autocast-off pass, mask-dependent Python branches
 @torch.no_grad()
-def _attention_received(
+def attention_received(
         q: torch.Tensor,
         k: torch.Tensor,
         scale: float,
@@ -187,6 +210,35 @@ def _attention_received(
         return (attn * query_mask).sum(dim=-2) / query_mask.sum(dim=-2)
 
 
+@register_notrace_function  # reason: padding and masks depend on the map size
+def pad_to_windows(
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        window_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pad `B, H, W, C` maps to multiples of the window size.
+
+    Returns:
+        Padded q and kv, then the masks of the windowed keys (boolean `B * nW, 1, 1, ws * ws`, False
+        for padding) and queries (`B * nW, ws * ws, 1` in q's dtype, 0 for padding), both None
+        when nothing is padded.
+    """
+    B, H, W, _ = kv.shape
+    ws = window_size
+    pad_h, pad_w = -H % ws, -W % ws
+    if not (pad_h or pad_w):
+        return q, kv, None, None
+    q = F.pad(q, (0, 0, 0, pad_w, 0, pad_h))
+    kv = F.pad(kv, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
+    valid[:H, :W] = True
+    valid = _window_partition(valid.view(1, Hp, Wp, 1, 1), ws).view(-1, 1, 1, ws * ws)  # nW, 1, 1, ws*ws
+    key_mask = valid.repeat(B, 1, 1, 1)
+    query_mask = key_mask.view(-1, ws * ws, 1).to(q.dtype)
+    return q, kv, key_mask, query_mask
+
+
 def _window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """`B, H, W, heads, d` (H, W multiples of window_size) -> `B * nW, heads, ws * ws, d`."""
     B, H, W, h, d = x.shape
@@ -199,6 +251,46 @@ def _window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> 
     _, h, _, d = windows.shape
     x = windows.view(-1, H // window_size, W // window_size, h, window_size, window_size, d)
     return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, H, W, h * d)
+
+
+@register_notrace_function  # reason: in-place item assignment
+def dwconv_residual_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Kernel of `h + DWConv3x3(h)`: the depthwise 3x3 kernel with 1 added at its centre tap."""
+    weight = weight.clone()
+    weight[:, :, 1, 1] += 1
+    return weight
+
+
+@register_notrace_function  # reason: band lengths and merge counts are Python ints from the token count
+def merge_bands(
+        x: torch.Tensor,
+        sr_ratio: int,
+        weights: list[torch.Tensor],
+        biases: list[torch.Tensor],
+) -> torch.Tensor:
+    """Merge sorted `B, N, C` tokens band by band (`band_layout`), r tokens -> 1 by `Linear(r -> 1)`.
+
+    Returns:
+        `B, M, C` merged tokens, least significant band first.
+    """
+    B, N, C = x.shape
+    layout = band_layout(N, sr_ratio)
+    merged = []
+    for band, (length, r, n), weight, bias in zip(x.split([L for L, _, _ in layout], dim=1), layout, weights, biases):
+        if length != n * r:  # resample the band so that it splits into n runs of r tokens
+            band = F.interpolate(band.transpose(1, 2), size=n * r, mode='linear', align_corners=False).transpose(1, 2)
+        # B, n, r, C -> B, n, C: weighted sum of r rank-adjacent tokens + bias
+        merged.append((weight @ band.reshape(B, n, r, C)).squeeze(2) + bias)
+    return torch.cat(merged, dim=1)
+
+
+@register_notrace_function  # reason: resampling depends on the input size
+def add_pos_embed(x: torch.Tensor, pos_embed: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Add `1, gh * gw, C` `pos_embed` to `B, H, W, C` tokens, resampled (bicubic) when (H, W) != grid_size."""
+    H, W = x.shape[1:3]
+    if (H, W) != grid_size:
+        pos_embed = resample_abs_pos_embed(pos_embed, (H, W), grid_size, num_prefix_tokens=0)
+    return x + pos_embed.view(1, H, W, -1)
 
 
 class Mlp(nn.Module):
@@ -226,8 +318,7 @@ class Mlp(nn.Module):
         x = self.fc1(x)
         # h + DWConv(h) is one depthwise conv whose kernel has 1 added at its centre tap: this
         # saves a full pass (and its backward) over the largest activation of the block.
-        weight = self.dwconv.weight.clone()
-        weight[:, :, 1, 1] += 1
+        weight = dwconv_residual_weight(self.dwconv.weight)
         x = self.act(_nhwc(F.conv2d(_nchw(x), weight, self.dwconv.bias, padding=1, groups=self.dwconv.groups)))
         x = self.drop1(x)
         return self.drop2(self.fc2(x))
@@ -333,7 +424,7 @@ class HybridScaleAttention(AttentionBase):
         q_global = _split_heads(q_global, h)
         k_global, v_global = _split_kv(self.kv_global(pooled.reshape(B, Hs * Ws, C)), h)
         out_global = _merge_heads(self._sdpa(q_global, k_global, v_global), H, W)
-        received_global = _attention_received(q_global, k_global, self.scale)  # B, Hs*Ws
+        received_global = attention_received(q_global, k_global, self.scale)  # B, Hs*Ws
         received_global = F.interpolate(received_global.view(B, 1, Hs, Ws), size=(H, W), mode='nearest')[:, 0]
 
         # Local heads: 7x7 windows, padded where the map is not a multiple of 7.
@@ -342,28 +433,17 @@ class HybridScaleAttention(AttentionBase):
         return self._output(out, self._lepe(lepe)), received_local + received_global
 
     def _local(self, q: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, W, C = kv.shape
+        H, W = kv.shape[1:3]
         ws, h = self.window_size, self.num_heads // 2
-        pad_h, pad_w = -H % ws, -W % ws
-        if pad_h or pad_w:
-            q = F.pad(q, (0, 0, 0, pad_w, 0, pad_h))
-            kv = F.pad(kv, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = H + pad_h, W + pad_w
+        q, kv, key_mask, query_mask = pad_to_windows(q, kv, ws)
+        B, Hp, Wp, C = kv.shape
         d = C // (2 * h)
         q = _window_partition(q.view(B, Hp, Wp, h, d), ws)
         k, v = kv.view(B, Hp, Wp, 2, h, d).unbind(3)
         k, v = _window_partition(k, ws), _window_partition(v, ws)
 
-        key_mask = query_mask = None
-        if pad_h or pad_w:
-            valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
-            valid[:H, :W] = True
-            valid = _window_partition(valid.view(1, Hp, Wp, 1, 1), ws).view(-1, 1, 1, ws * ws)  # nW, 1, 1, ws*ws
-            key_mask = valid.repeat(B, 1, 1, 1)
-            query_mask = key_mask.view(-1, ws * ws, 1).to(q.dtype)
-
         out = _window_reverse(self._sdpa(q, k, v, attn_mask=key_mask), ws, Hp, Wp)
-        received = _attention_received(q, k, self.scale, key_mask, query_mask)  # B*nW, ws*ws
+        received = attention_received(q, k, self.scale, key_mask, query_mask)  # B*nW, ws*ws
         received = _window_reverse(received.view(-1, 1, ws * ws, 1), ws, Hp, Wp)[..., 0]
         return out[:, :H, :W], received[:, :H, :W]
 
@@ -396,17 +476,15 @@ class SelfGuidedAttention(AttentionBase):
 
     def reallocate(self, x: torch.Tensor, significance: torch.Tensor) -> torch.Tensor:
         """`B, N, C` tokens -> `B, M, C` merged tokens, least significant band first."""
-        B, N, C = x.shape
+        C = x.shape[-1]
         order = significance.argsort(dim=1)  # ascending, like the official torch.sort
         x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, C))
-        layout = band_layout(N, self.sr_ratio)
-        merged = []
-        for band, (length, r, n), merge in zip(x.split([L for L, _, _ in layout], dim=1), layout, self.band_merge):
-            if length != n * r:  # resample the band so that it splits into n runs of r tokens
-                band = F.interpolate(band.transpose(1, 2), size=n * r, mode='linear', align_corners=False).transpose(1, 2)
-            # B, n, r, C -> B, n, C: weighted sum of r rank-adjacent tokens + bias
-            merged.append((merge.weight @ band.reshape(B, n, r, C)).squeeze(2) + merge.bias)
-        return torch.cat(merged, dim=1)
+        return merge_bands(
+            x,
+            self.sr_ratio,
+            [merge.weight for merge in self.band_merge],
+            [merge.bias for merge in self.band_merge],
+        )
 
 
 class Block(nn.Module):
@@ -577,7 +655,10 @@ class SGFormer(nn.Module):
     """SG-Former: hybrid-scale and self-guided attention with significance-driven token reallocation.
 
     Keyword names follow the official constructor, so an official config dict builds the model.
+    Tokens stay `B, H, W, C` throughout: `forward_features` returns NHWC (`output_fmt`), while
+    `forward_intermediates` and `features_only=True` give NCHW maps by default.
     """
+    output_fmt: str = 'NHWC'  # of forward_features; timm's feature wrappers read it
 
     def __init__(
             self,
@@ -637,7 +718,6 @@ class SGFormer(nn.Module):
         self.embed_dims = tuple(embed_dims)
         self.sr_ratios = tuple(sr_ratios)
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, embed_dims[0], **dd)
         img_size = to_2tuple(img_size)
@@ -700,7 +780,7 @@ class SGFormer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        """Checkpoint every block (stages hold the flag: the significance map passes between blocks)."""
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
@@ -719,18 +799,87 @@ class SGFormer(nn.Module):
             _init_weights(self.head)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[1:3]
-        pos_embed = self.pos_embed
-        if (H, W) != self.grid_size:
-            pos_embed = resample_abs_pos_embed(pos_embed, (H, W), self.grid_size, num_prefix_tokens=0)
-        return x + pos_embed.view(1, H, W, -1)
+        return add_pos_embed(x, self.pos_embed, self.grid_size)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | tuple[int, ...] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward features that also returns the outputs of the selected stages.
+
+        Args:
+            x: `B, 3, H, W` image (H, W multiples of 32).
+            indices: Stages to take (0..3, strides 4..32): the last n if int, all if None, these if a
+                sequence (negative indices count from the end).
+            norm: Accepted for the timm API; changes nothing. Every stage ends with its own norm,
+                which also feeds the next stage (as in PVT-v2), so all intermediates are normalized.
+            stop_early: Stop after the last stage taken; the returned final features are then
+                that stage's output.
+            output_fmt: 'NCHW' (channels-last views, no copy) or 'NHWC' for the intermediates.
+            intermediates_only: Only return the intermediates.
+
+        Returns:
+            The intermediates, or (final `B, h, w, C` NHWC features as `forward_features`, intermediates).
+        """
+        assert output_fmt in ('NCHW', 'NHWC'), 'Output format must be one of NCHW, NHWC.'
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+
+        x = self._pos_embed(self.stem(x))
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(_nchw(x) if output_fmt == 'NCHW' else x)
+
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] | tuple[int, ...] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last one `indices` selects (and the head).
+
+        Args:
+            indices: Stages to keep features of, as in `forward_intermediates`.
+            prune_norm: Accepted for the timm API; changes nothing (the norms belong to the stages,
+                see `forward_intermediates`).
+            prune_head: Remove the classifier (and pooling); always done when stages are dropped,
+                since the head is sized for the last stage.
+
+        Returns:
+            The absolute indices of the stages to take.
+        """
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]  # truncate stages
+        if prune_end:
+            # features now end at the last kept stage, the head is sized for the final features so it goes too
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """`B, 3, H, W` image (H, W multiples of 32) -> `B, H/32, W/32, C` normed features."""
+        """`B, 3, H, W` image (H, W multiples of 32) -> `B, H/32, W/32, C` normed features (NHWC)."""
         x = self._pos_embed(self.stem(x))
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """`B, h, w, C` NHWC features -> logits (`B, C` pooled features with `pre_logits`, or the
+        NHWC map itself when `global_pool=''` and there is no classifier)."""
         if self.global_pool == 'avg':
             x = x.mean(dim=(1, 2))
         x = self.head_drop(x)
@@ -859,29 +1008,44 @@ def load_official_checkpoint(path: str, map_location: str | torch.device = 'cpu'
 
 
 def _create_sgformer(variant: str, pretrained: bool = False, **kwargs) -> SGFormer:
+    default_out_indices = tuple(range(len(kwargs.get('depths', (2, 4, 16, 1)))))
+    out_indices = kwargs.pop('out_indices', default_out_indices)
+    feature_cls = kwargs.get('feature_cls', 'getter')
+    if kwargs.get('features_only', False) and (
+            (isinstance(feature_cls, str) and feature_cls.lower() in ('list', 'dict'))
+            or (isinstance(feature_cls, type) and issubclass(feature_cls, FeatureDictNet))):
+        raise ValueError(
+            f'SG-Former features_only does not support feature_cls={feature_cls!r}: it rebuilds the network from '
+            'its child modules and would skip pos_embed. Use "getter" (default, NCHW), "hook" or "fx" (NHWC).')
     return build_model_with_cfg(
         SGFormer,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
     # The official eval transform (timm 0.3.4 `_cfg`): resize 248 -> centre crop 224, bicubic, ImageNet mean/std.
+    # Any input with sides multiples of 32 runs (see the module docstring). No license is claimed: the
+    # official repository publishes none for its code or weights.
     return {
         'url': url,
         'num_classes': 1000,
         'input_size': (3, 224, 224),
         'pool_size': (7, 7),
+        'fixed_input_size': False,
         'crop_pct': 0.9,
         'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.conv.0.conv',
         'classifier': 'head',
-        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2308.12216',
+        'paper_name': 'SG-Former: Self-guided Transformer with Evolving Token Reallocation',
+        'origin_url': 'https://github.com/OliverRensu/SG-Former',
         **kwargs,
     }
 
@@ -897,31 +1061,34 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def sgformer_nano(pretrained: bool = False, **kwargs) -> SGFormer:
-    """CPU-sized SG-Former (0.5M params), the official fixture's configuration."""
+    """CPU-sized SG-Former (0.65M params at 1000 classes), the official fixture's configuration."""
     model_args = dict(embed_dims=(16, 32, 64, 128), num_heads=(2, 2, 4, 4), depths=(2, 2, 2, 1))
     return _create_sgformer('sgformer_nano', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sgformer_tiny(pretrained: bool = False, **kwargs) -> SGFormer:
-    """CPU-sized SG-Former (about 3M params): every block type, narrower and shallower than S."""
+    """CPU-sized SG-Former (2.7M params at 1000 classes): every block type, narrower and shallower than S."""
     model_args = dict(embed_dims=(32, 64, 128, 256), num_heads=(2, 2, 4, 8), depths=(2, 2, 4, 1))
     return _create_sgformer('sgformer_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sgformer_s(pretrained: bool = False, **kwargs) -> SGFormer:
+    """SG-Former-S (22.5M params), the official ImageNet-1k model."""
     model_args = dict(embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 4, 16, 1))
     return _create_sgformer('sgformer_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sgformer_m(pretrained: bool = False, **kwargs) -> SGFormer:
+    """SG-Former-M (38.7M params), the official ImageNet-1k model."""
     model_args = dict(embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 6, 28, 2))
     return _create_sgformer('sgformer_m', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sgformer_b(pretrained: bool = False, **kwargs) -> SGFormer:
+    """SG-Former-B (78.0M params), the official ImageNet-1k model."""
     model_args = dict(embed_dims=(96, 192, 384, 768), num_heads=(4, 6, 12, 24), depths=(4, 6, 24, 2))
     return _create_sgformer('sgformer_b', pretrained=pretrained, **dict(model_args, **kwargs))
