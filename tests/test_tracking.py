@@ -1,11 +1,18 @@
-"""MLflow run contents (queried back from a real sqlite store), resume into the same run, DVC files."""
-import csv
-import json
+"""MLflow run contents (queried back from a real sqlite store), resume into the same run, metric
+names, DVC's experiment tags, and the offline queue replayed into a store (test_tracking_server.py
+runs the same against a real `mlflow server`)."""
+import shutil
+import socket
+import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
-from sgformer.tracking import Tracker, flatten, git_tags, write_metrics, write_plot
+from pipeline.replay_tracking import main as replay_command
+from sgformer.config import Tracking
+from sgformer.tracking import (OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, epoch_metric_name, flatten, git_dirty,
+                               offline_root, replay)
 
 
 @pytest.fixture
@@ -19,18 +26,20 @@ def test_flatten():
 
 
 def test_run_holds_params_metrics_artifacts_and_resumes(store, tmp_path):
-    tracker = Tracker(enabled=True, tracking_uri=store, experiment='exp', run_name='nano')
+    tracking = Tracking(tracking_uri=store, experiment='exp', system_metrics=False)
+    tracker = Tracker(tracking, run_name='nano')
     params = {'train': {f'p{i}': i for i in range(150)}, 'model': 'sgformer_nano'}  # > one batch of 100
     tracker.log_params(params)
     tracker.set_tags({'world_size': '2'})
     for step in range(3):
-        tracker.log_metrics({'train/loss': 1.0 / (step + 1)}, step=step)
+        tracker.log_step({'loss': 1.0 / (step + 1)}, step=step)
+    tracker.log_epoch({'epoch': 0, 'train_loss': 0.7, 'val_ema_top1': 0.5})
     (tmp_path / 'card.json').write_text('{}')
     tracker.log_artifact(tmp_path / 'card.json', 'model')
     tracker.end(status='KILLED')  # like a crash
 
-    resumed = Tracker(enabled=True, tracking_uri=store, experiment='exp', run_name='ignored', run_id=tracker.run_id)
-    resumed.log_metrics({'train/loss': 0.1}, step=3)
+    resumed = Tracker(tracking, run_name='ignored', run_id=tracker.run_id)
+    resumed.log_step({'loss': 0.1}, step=3)
     resumed.end()
 
     client = mlflow.MlflowClient(tracking_uri=store)
@@ -42,27 +51,87 @@ def test_run_holds_params_metrics_artifacts_and_resumes(store, tmp_path):
     assert run.data.tags['world_size'] == '2'
     history = client.get_metric_history(run.info.run_id, 'train/loss')
     assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3)), (3, 0.1)]
+    assert run.data.metrics['val/ema_top1'] == 0.5 and run.data.metrics['train/epoch_loss'] == 0.7
     assert [a.path for a in client.list_artifacts(run.info.run_id, 'model')] == ['model/card.json']
 
 
 def test_disabled_tracker_touches_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tracker = Tracker(enabled=False, tracking_uri=f'sqlite:///{tmp_path}/m.db', experiment='e', run_name='r')
+    tracker = Tracker(Tracking(tracking_uri=f'sqlite:///{tmp_path}/m.db'), run_name='r', enabled=False)
     tracker.log_params({'a': 1})
-    tracker.log_metrics({'x': 1.0}, step=0)
+    tracker.log_step({'x': 1.0}, step=0)
     tracker.end()
-    write_metrics(tmp_path / 'metrics.json', {'a': 1}, enabled=False)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_dvc_metrics_and_plots(tmp_path):
-    write_metrics(tmp_path / 'metrics' / 'nano.json', {'top1': 0.9})
-    write_plot(tmp_path / 'plots' / 'nano' / 'train.tsv', [{'epoch': 0, 'loss': 2.0}, {'epoch': 1, 'loss': 1.5}])
-    assert json.loads((tmp_path / 'metrics' / 'nano.json').read_text()) == {'top1': 0.9}
-    rows = list(csv.DictReader((tmp_path / 'plots' / 'nano' / 'train.tsv').open(), delimiter='\t'))
-    assert rows == [{'epoch': '0', 'loss': '2.0'}, {'epoch': '1', 'loss': '1.5'}]
+def test_one_naming_scheme():
+    assert [epoch_metric_name(k) for k in ('train_loss', 'epoch_time_s', 'lr', 'val_top1', 'val_ema_loss')] == \
+        ['train/epoch_loss', 'train/epoch_time_s', 'train/epoch_lr', 'val/top1', 'val/ema_loss']
 
 
-def test_git_tags_of_this_checkout():
-    tags = git_tags()
-    assert len(tags['git.commit']) == 40 and tags['git.dirty'] in ('True', 'False')
+def test_git_dirty_of_this_checkout(tmp_path):
+    assert git_dirty() in ('True', 'False')
+    assert git_dirty(tmp_path) is None  # not a checkout
+
+
+def test_dvc_tags_and_offline_root_follow_dvc(tmp_path, monkeypatch):
+    for name in ('DVC_EXP_NAME', 'DVC_EXP_BASELINE_REV', 'DVC_STAGE', 'DVC_ROOT'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert dvc_tags() == {}
+    assert offline_root(Tracking()) == tmp_path / '.mlflow-offline'
+    monkeypatch.setenv('DVC_EXP_NAME', 'pious-chin')
+    monkeypatch.setenv('DVC_STAGE', 'train@nano')
+    monkeypatch.setenv('DVC_ROOT', '/repo')  # `dvc exp run --temp` runs in a copy of the repository
+    assert dvc_tags() == {'dvc.exp_name': 'pious-chin', 'dvc.stage': 'train@nano'}
+    assert offline_root(Tracking()) == Path('/repo/.mlflow-offline')
+    assert offline_root(Tracking(offline_dir=str(tmp_path / 'q'))) == tmp_path / 'q'
+
+
+def test_no_server_queues_on_disk_and_replays_once(tmp_path, monkeypatch, capfd):
+    """Nothing listens at the tracking URI: the run goes on with one warning line, its tracking
+    waits in the queue, and replaying the queue (twice) logs it once, into one run."""
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    tracking = Tracking(tracking_uri=f'http://127.0.0.1:{port}', experiment='exp', system_metrics=False,
+                        offline_dir=str(tmp_path / 'offline'), timeout_s=2)
+    started = time.monotonic()
+    tracker = Tracker(tracking, run_name='nano')
+    tracker.log_params({'train': {'lr': 0.001}})
+    for step in range(1, 4):
+        tracker.log_step({'loss': 1.0 / step}, step=step)
+    tracker.log_epoch({'epoch': 0, 'train_loss': 0.7, 'val_ema_top1': 0.5})
+    tracker.log_dict({'a': 1}, 'eval/per_class_top1.json')
+    tracker.end()
+    assert time.monotonic() - started < 15
+    assert tracker.offline and tracker.run_id.startswith(OFFLINE_PREFIX)
+    (warning,) = [line for line in capfd.readouterr().err.splitlines() if line.startswith('warning:')]
+    (session,) = (tmp_path / 'offline').iterdir()
+    assert str(session / 'queue.jsonl') in warning and 'Connection refused' in warning
+    shutil.copytree(session, tmp_path / 'copy')
+
+    (tmp_path / 'params.yaml').write_text(f"tracking: {{offline_dir: '{tmp_path / 'offline'}'}}\n"
+                                          'variants:\n  nano: {model: sgformer_nano}\n')
+    with pytest.raises(SystemExit) as still_down:  # the recorded URI: nothing listens yet
+        replay_command(['--params', str(tmp_path / 'params.yaml')])
+    assert still_down.value.code == 1 and session.is_dir()
+    assert f'error: {session}' in capfd.readouterr().err
+
+    store = f'sqlite:///{tmp_path}/mlflow.db'
+    with pytest.raises(SystemExit) as replayed_ok:
+        replay_command(['--params', str(tmp_path / 'params.yaml'), '--tracking-uri', store])
+    assert replayed_ok.value.code == 0 and not (tmp_path / 'offline').exists()
+    (line,) = capfd.readouterr().out.splitlines()
+    replayed = (session.name, line.split()[-1])
+    assert line == f'replayed {session.name} into run {replayed[1]}'
+    shutil.copytree(tmp_path / 'copy', session)
+    assert replay(tmp_path / 'offline', tracking_uri=store) == ([replayed], [])  # found by its session tag
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name('exp').experiment_id])
+    assert run.info.run_id == replayed[1] and run.info.status == 'FINISHED' and run.info.run_name == 'nano'
+    assert run.data.params == {'train.lr': '0.001'} and run.data.tags[SESSION_TAG] == session.name
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'train/loss')] == [1, 2, 3]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, 'eval')] == ['eval/per_class_top1.json']

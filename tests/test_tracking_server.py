@@ -1,0 +1,395 @@
+"""Tracking against a real `mlflow server` on 127.0.0.1, queried back through the client API: two
+variants' runs with their params diff, metric histories, artifacts, dataset inputs, logged and
+registered models that load back to the export's logits; and outages (server killed mid-run,
+nothing listening from the start) that cost no training and are replayed, once, later.
+
+The stage tests (slow) run the real `python -m pipeline.train` on a tiny generated sample."""
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import mlflow.models
+import mlflow.pyfunc
+import mlflow.pytorch
+import pytest
+import timm
+import torch
+
+import sgformer  # noqa: F401  (registers the models)
+from sgformer.config import Data, Sample, Tracking, load_params
+from sgformer.datasets.sample import write_sample
+from sgformer.export import save_export
+from sgformer.tracking import OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, replay
+
+ROOT = Path(__file__).resolve().parents[1]
+MLFLOW = str(Path(sys.executable).parent / 'mlflow')
+_spec = importlib.util.spec_from_file_location('stage_test_train', ROOT / 'tests' / 'pipeline' / 'test_train.py')
+stage = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stage)  # the train stage test's params and command
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlflow server` on 127.0.0.1 over a sqlite store and local artifacts; restartable on the
+    same store and port."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = folder, port or free_port()
+        self.uri = f'http://127.0.0.1:{self.port}'
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> 'Server':
+        cmd = [MLFLOW, 'server', '--host', '127.0.0.1', '--port', str(self.port), '--workers', '1',
+               '--backend-store-uri', f'sqlite:///{self.folder}/mlflow.db',
+               '--default-artifact-root', str(self.folder / 'mlruns')]
+        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY='true', MLFLOW_SERVER_ENABLE_JOB_EXECUTION='false')
+        with (self.folder / 'server.log').open('a') as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while not self.healthy():
+            assert self.proc.poll() is None, (self.folder / 'server.log').read_text()[-3000:]
+            assert time.monotonic() < deadline, 'mlflow server did not answer /health'
+            time.sleep(0.3)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f'{self.uri}/health', timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp('mlflow')).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A server of this test alone (it gets killed); stopped at the end whatever happened."""
+    (tmp_path / 'store').mkdir()
+    created = Server(tmp_path / 'store')
+    yield created
+    created.stop()
+
+
+@pytest.fixture(scope='module')
+def export(tmp_path_factory) -> Path:
+    """A tiny sgformer_nano export with distinct EMA and raw weights."""
+    folder = tmp_path_factory.mktemp('export') / 'nano'
+    kwargs = dict(img_size=64, num_classes=3, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    ema, raw = (timm.create_model('sgformer_nano', **kwargs).state_dict() for _ in range(2))
+    save_export(folder, model_name='sgformer_nano', model_kwargs=kwargs, weights=dict(ema=ema, raw=raw),
+                class_index={'n01': 0, 'n02': 1, 'n03': 2}, card=dict(variant='nano'))
+    return folder
+
+
+@pytest.fixture
+def betons(tmp_path) -> Data:
+    """Stand-ins for the betons (the dataset inputs describe them by class index, size and time)."""
+    folder = tmp_path / 'betons'
+    folder.mkdir()
+    (folder / 'class_index.json').write_text(json.dumps({'n01': 0, 'n02': 1, 'n03': 2}))
+    for split in ('train', 'val'):
+        (folder / f'{split}.beton').write_bytes(split.encode() * 100)
+    (tmp_path / 'imagenet').mkdir()
+    return Data(source=str(tmp_path / 'imagenet'), betons=str(folder))
+
+
+def export_logits(export: Path, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return timm.create_model(f'local-dir:{export}', pretrained=True).eval()(x)
+
+
+def warnings_in(stderr: str) -> list[str]:
+    """The warning lines (tqdm's bars end in a carriage return, not a newline)."""
+    return [line for line in re.split(r'[\r\n]', stderr) if line.startswith('warning:')]
+
+
+def log_fake_training(tracker: Tracker, steps: range, epochs: range, steps_per_epoch: int = 2) -> None:
+    """What `Trainer.fit` logs: per-step windows and per-epoch records."""
+    for step in steps:
+        tracker.log_step(dict(loss=1.0 / step, lr=1e-3, img_s=100.0, skipped_steps=0.0), step=step)
+    for epoch in epochs:
+        tracker.log_epoch(dict(epoch=epoch, train_loss=0.5 / (epoch + 1), lr=1e-3, epoch_time_s=1.0,
+                               val_top1=0.3 + epoch / 10, val_ema_top1=0.2 + epoch / 10))
+
+
+VARIANTS = """
+variants:
+  nano: {model: sgformer_nano}
+  nano_dp: {model: sgformer_nano, drop_path_rate: 0.1}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_two_variants_params_metrics_artifacts_datasets_models(server, export, betons, tmp_path, monkeypatch):
+    monkeypatch.setenv('DVC_EXP_NAME', 'pious-chin')
+    monkeypatch.setenv('MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL', '0.2')
+    (tmp_path / 'params.yaml').write_text(VARIANTS)
+    params = load_params(tmp_path / 'params.yaml')
+    run_ids = {}
+    for name in params.variants:
+        tracking = Tracking(tracking_uri=server.uri, experiment='variants', system_metrics=name == 'nano',
+                            register_model=name == 'nano_dp', offline_dir=str(tmp_path / 'offline'))
+        tracker = Tracker(tracking, run_name=name)
+        tracker.log_params(params.run_settings(name))
+        tracker.set_tags(dict(variant=name, **dvc_tags()))
+        tracker.log_data(betons)
+        log_fake_training(tracker, range(1, 5), range(2))
+        time.sleep(0.6)  # a few system metrics samples
+        for file in sorted(export.iterdir()):
+            tracker.log_artifact(file, 'model')
+        tracker.log_model(export, step=1)
+        tracker.end()
+        run_ids[name] = tracker.run_id
+    assert not (tmp_path / 'offline').exists()  # everything arrived: no queue left
+
+    client = mlflow.MlflowClient(server.uri)
+    runs = {name: client.get_run(run_id) for name, run_id in run_ids.items()}
+    a, b = runs['nano'].data.params, runs['nano_dp'].data.params
+    assert a.keys() == b.keys()
+    assert {k for k in a if a[k] != b[k]} == {'variant', 'train.drop_path_rate'}
+    for name, run in runs.items():
+        assert run.info.status == 'FINISHED' and run.info.run_name == name
+        assert run.data.tags['dvc.exp_name'] == 'pious-chin' and run.data.tags['variant'] == name
+        history = client.get_metric_history(run.info.run_id, 'train/loss')
+        assert [(m.step, m.value) for m in history] == [(s, 1.0 / s) for s in range(1, 5)]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, 'val/ema_top1')] == [0, 1]
+        assert {x.path for x in client.list_artifacts(run.info.run_id, 'model')} == \
+            {'model/card.json', 'model/config.json', 'model/model.safetensors', 'model/raw.safetensors'}
+        inputs = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+        assert inputs == {('imagenet-train', 'training'), ('imagenet-val', 'validation')}
+        assert json.loads(run.inputs.dataset_inputs[0].dataset.source)['uri'] == betons.source
+        assert len(run.outputs.model_outputs) == 1
+    assert any(k.startswith('system/cpu') for k in runs['nano'].data.metrics)
+    assert not any(k.startswith('system/') for k in runs['nano_dp'].data.metrics)
+
+    mlflow.set_tracking_uri(server.uri)  # models:/ URIs resolve through it
+    models = mlflow.search_logged_models(experiment_ids=[runs['nano'].info.experiment_id], output_format='list')
+    assert sorted(m.name for m in models) == ['nano', 'nano_dp']
+    assert {m.source_run_id for m in models} == set(run_ids.values())
+    x = torch.randn(2, 3, 64, 64)
+    expected = export_logits(export, x)
+    for model in models:
+        info = mlflow.models.get_model_info(model.model_uri)
+        assert info.signature.inputs.to_dict() == [{'type': 'tensor', 'tensor-spec': {'dtype': 'float32',
+                                                                                       'shape': (-1, 3, 64, 64)}}]
+        assert info.saved_input_example_info is not None and info.flavors['pytorch']
+        assert ('val/ema_top1', 1) in {(m.key, m.step) for m in model.metrics}  # the last epoch's, linked
+        with torch.no_grad():
+            torch.testing.assert_close(mlflow.pytorch.load_model(model.model_uri)(x), expected)
+        predicted = mlflow.pyfunc.load_model(model.model_uri).predict(x.numpy())
+        torch.testing.assert_close(torch.as_tensor(predicted), expected)
+    versions = client.search_model_versions("name = 'nano_dp'")
+    assert [(v.version, v.run_id) for v in versions] == [('1', run_ids['nano_dp'])]  # register_model: true
+    assert client.search_model_versions("name = 'nano'") == []
+
+
+@pytest.mark.timeout(300)
+def test_server_killed_mid_run_then_replay_is_idempotent(own_server, export, tmp_path, capfd):
+    own_server.start()
+    tracking = Tracking(tracking_uri=own_server.uri, experiment='outage', system_metrics=False,
+                        offline_dir=str(tmp_path / 'offline'))
+    tracker = Tracker(tracking, run_name='nano')
+    log_fake_training(tracker, range(1, 4), range(0))
+    client = mlflow.MlflowClient(own_server.uri)
+    deadline = time.monotonic() + 30
+    while len(client.get_metric_history(tracker.run_id, 'train/loss')) < 3:  # sent in the background
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    own_server.stop(signal.SIGKILL)
+
+    started = time.monotonic()
+    log_fake_training(tracker, range(4, 7), range(2))
+    tracker.log_artifact(export / 'card.json', 'model')
+    tracker.log_model(export, step=1)
+    tracker.end()
+    assert time.monotonic() - started < 15 and tracker.offline
+    (warning,) = warnings_in(capfd.readouterr().err)
+    assert 'unreachable' in warning and 'Connection refused' in warning
+    (session,) = (tmp_path / 'offline').iterdir()
+    state = json.loads((session / 'state.json').read_text())
+    assert state['run_id'] == tracker.run_id and state['pushed'] >= 3
+    copy = tmp_path / 'copy'
+    shutil.copytree(session, copy)
+
+    own_server.start()  # same store, same port
+    assert replay(tmp_path / 'offline') == ([(session.name, tracker.run_id)], [])
+    assert not (tmp_path / 'offline').exists()
+    shutil.copytree(copy, session)  # the same queue once more: nothing is logged twice
+    os.remove(session / 'state.json')
+    assert replay(tmp_path / 'offline') == ([(session.name, tracker.run_id)], [])
+
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == 'FINISHED'
+    assert [m.step for m in client.get_metric_history(tracker.run_id, 'train/loss')] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(tracker.run_id, 'val/top1')] == [0, 1]
+    assert [x.path for x in client.list_artifacts(tracker.run_id, 'model')] == ['model/card.json']
+    models = client.search_logged_models([run.info.experiment_id])
+    assert len(models) == 1 and models[0].source_run_id == tracker.run_id
+
+
+@pytest.mark.timeout(300)
+def test_unreachable_from_start_then_the_next_stage_replays(own_server, tmp_path, capfd):
+    tracking = Tracking(tracking_uri=own_server.uri, experiment='no-server', system_metrics=False,
+                        offline_dir=str(tmp_path / 'offline'))
+    started = time.monotonic()
+    train = Tracker(tracking, run_name='nano')  # nothing listens on the port
+    log_fake_training(train, range(1, 5), range(2))
+    train.end()
+    assert time.monotonic() - started < 20
+    assert train.run_id.startswith(OFFLINE_PREFIX) and train.offline
+    assert len(warnings_in(capfd.readouterr().err)) == 1
+    (session,) = (tmp_path / 'offline').iterdir()
+    header, *ops = [json.loads(line) for line in (session / 'queue.jsonl').read_text().splitlines()]
+    assert header['run_name'] == 'nano' and header['tracking_uri'] == own_server.uri
+    assert [op['step'] for op in ops if 'train/loss' in op.get('metrics', {})] == [1, 2, 3, 4]
+    assert ops[-1]['op'] == 'end'
+
+    own_server.start()
+    evaluate = Tracker(tracking, run_name='nano', run_id=train.run_id)  # as the evaluate stage, from card.json
+    evaluate.log_metrics({'eval/top1': 0.5}, step=0)
+    evaluate.end()
+    assert not (tmp_path / 'offline').exists()
+    client = mlflow.MlflowClient(own_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name('no-server').experiment_id])
+    assert run.info.run_id == evaluate.run_id and run.info.status == 'FINISHED'
+    assert run.data.tags[SESSION_TAG] == session.name and run.info.run_name == 'nano'
+    assert run.info.start_time == header['created']
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'train/loss')] == [1, 2, 3, 4]
+    assert run.data.metrics['eval/top1'] == 0.5
+    assert warnings_in(capfd.readouterr().err) == []
+
+
+# --- the real train stage ----------------------------------------------------------------------
+
+
+def stage_params(tmp_path: Path, uri: str, register: bool = False) -> Path:
+    """test_train's params on one rank, a 3 x 8 image sample and batches of 4 (6 steps an epoch)."""
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=8, val_per_class=4))
+    params = tmp_path / 'params.yaml'
+    text = stage.PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri)
+    text = text.replace('world_size: 2', 'world_size: 1').replace('batch_size: 8', 'batch_size: 4')
+    text = text.replace('log_every_steps: 1}', f"log_every_steps: 1, offline_dir: '{tmp_path / 'offline'}', "
+                        f'register_model: {str(register).lower()}, timeout_s: 5}}')
+    params.write_text(text)
+    stage.convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics',
+                   str(tmp_path / 'c.json')])
+    return params
+
+
+STEPS = 2 * (3 * 8 // 4)  # 2 epochs of 24 readable images in batches of 4, one train/loss point each
+
+
+def assert_complete_run(client, run_id: str, out: Path) -> None:
+    """The run holds what an uninterrupted stage logs: every step, every epoch, the export's files,
+    the datasets and the model with the export's logits."""
+    run = client.get_run(run_id)
+    assert run.info.status == 'FINISHED' and run.data.params['train.batch_size'] == '4'
+    assert [m.step for m in client.get_metric_history(run_id, 'train/loss')] == list(range(1, STEPS + 1))
+    assert [m.step for m in client.get_metric_history(run_id, 'val/ema_top1')] == [0, 1]
+    assert {x.path for x in client.list_artifacts(run_id, 'model')} == \
+        {'model/card.json', 'model/config.json', 'model/model.safetensors', 'model/raw.safetensors'}
+    assert [x.path for x in client.list_artifacts(run_id, 'plots')] == ['plots/train.tsv']
+    assert sorted(d.tags[0].value for d in run.inputs.dataset_inputs) == ['training', 'validation']
+    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through it
+    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format='list')
+    assert model.source_run_id == run_id and model.name == 'nano'
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(mlflow.pytorch.load_model(model.model_uri)(x),
+                                   export_logits(out / 'models' / 'nano', x))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_stage_survives_a_server_killed_mid_run(own_server, tmp_path):
+    own_server.start()
+    params = stage_params(tmp_path, own_server.uri)
+    env = dict(stage.train_env(), DVC_EXP_NAME='tiny-exp')
+    client = mlflow.MlflowClient(own_server.uri)
+    started = time.monotonic()
+    launch = subprocess.Popen(stage.train_command(tmp_path, params), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    while not _queued_a_step(tmp_path / 'offline'):  # the first step is in the queue (and being sent)
+        assert launch.poll() is None, launch.communicate()[1][-3000:]
+        assert time.monotonic() - started < 300
+        time.sleep(0.01)
+    own_server.stop(signal.SIGKILL)  # 11 steps, 2 evaluations, the export and the model to go
+    _, stderr = launch.communicate(timeout=180)
+    assert launch.returncode == 0, stderr[-3000:]
+    assert time.monotonic() - started < 180
+    (warning,) = warnings_in(stderr)
+    assert 'unreachable' in warning and 'queue.jsonl' in warning and 'Traceback' not in stderr
+    assert (tmp_path / 'metrics' / 'nano.json').is_file() and (tmp_path / 'models' / 'nano' / 'card.json').is_file()
+    (session,) = (tmp_path / 'offline').iterdir()
+    assert (session / 'queue.jsonl').is_file()
+    run_id = json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id']
+
+    own_server.start()  # same store, same port
+    assert len(client.get_metric_history(run_id, 'train/loss')) < STEPS  # the outage cost these
+    replayed = subprocess.run([sys.executable, '-m', 'pipeline.replay_tracking', '--params', str(params)], cwd=ROOT,
+                              env=stage.train_env(), capture_output=True, text=True, timeout=300)
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    assert f'into run {run_id}' in replayed.stdout and not (tmp_path / 'offline').exists()
+    assert_complete_run(client, run_id, tmp_path)
+    assert client.get_run(run_id).data.tags['dvc.exp_name'] == 'tiny-exp'
+
+
+def _queued_a_step(offline: Path) -> bool:
+    """Whether the stage has logged its first step: seen in its queue at once, on the server a
+    little later (the steps after the first, which compiles FFCV's pipeline, take milliseconds)."""
+    return any('"train/loss"' in queue.read_text() for queue in offline.glob('*/queue.jsonl'))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_stage_without_server_then_a_rerun_replays(own_server, tmp_path):
+    params = stage_params(tmp_path, own_server.uri, register=True)
+    started = time.monotonic()
+    proc = stage.train(tmp_path, params)  # nothing listens on the port
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - started < 180
+    assert len(warnings_in(proc.stderr)) == 1 and 'Traceback' not in proc.stderr
+    card = json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())
+    assert card['mlflow_run_id'].startswith(OFFLINE_PREFIX)
+    (session,) = (tmp_path / 'offline').iterdir()
+    assert card['mlflow_run_id'] == OFFLINE_PREFIX + session.name
+
+    own_server.start()
+    again = stage.train(tmp_path, params)  # the checkpoint is complete: nothing is retrained, the queue replayed
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert warnings_in(again.stderr) == [] and not (tmp_path / 'offline').exists()
+    client = mlflow.MlflowClient(own_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name('stage-test').experiment_id])
+    assert run.data.tags[SESSION_TAG] == session.name
+    assert json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id'] == run.info.run_id
+    assert_complete_run(client, run.info.run_id, tmp_path)
+    (version,) = client.search_model_versions("name = 'nano'")
+    assert version.run_id == run.info.run_id
