@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml .apt.ok
 	@touch $@
 
 demo: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(VENV)/bin/dvc repro
 
 test: install
 	$(PY) -m pytest

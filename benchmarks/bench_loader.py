@@ -31,10 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgformer.data.beton import convert_folder  # noqa: E402
+from sgformer.config import Augment, Convert, Loader, Sample  # noqa: E402
 from sgformer.data.loader import create_ffcv_loader, create_folder_loader  # noqa: E402
-from sgformer.data.sample import write_sample  # noqa: E402
 from sgformer.data.transforms import TrainTransform  # noqa: E402
+from sgformer.datasets.beton import convert_folder  # noqa: E402
+from sgformer.datasets.sample import write_sample  # noqa: E402
+from sgformer.eval.metrics import timed  # noqa: E402
+
+# The official recipe's crops and batch augmentation (the ImageNet setting being benchmarked).
+OFFICIAL = Augment(scale=(0.08, 1.0), auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,24 +64,26 @@ def time_interleaved(loaders: dict, epochs: int, transform=None) -> dict[str, fl
     """Images/s of each loader over all epochs but the first; epochs alternate between loaders, so a
     load change on the machine hits every loader alike."""
     images, seconds = dict.fromkeys(loaders, 0), dict.fromkeys(loaders, 0.0)
+
+    def consume(loader, counted: list[int]):
+        for x, y in loader:
+            if transform is not None:
+                transform(x, y)
+            counted[0] += len(x)
+
     for epoch in range(epochs):
         for name, loader in loaders.items():
-            start, count = time.perf_counter(), 0
-            for x, y in loader:
-                if transform is not None:
-                    transform(x, y)
-                count += len(x)
+            counted = [0]
+            elapsed = timed(lambda: consume(loader, counted))
             if epoch > 0:
-                images[name] += count
-                seconds[name] += time.perf_counter() - start
+                images[name] += counted[0]
+                seconds[name] += elapsed
     return {name: images[name] / seconds[name] for name in loaders}
 
 
 def _mean_ms(fn, items) -> float:
-    start = time.perf_counter()
-    for item in items:
-        fn(item)
-    return 1e3 * (time.perf_counter() - start) / len(items)
+    """Milliseconds per item of `fn` over all `items` (different inputs: a mean, for throughput)."""
+    return 1e3 * timed(lambda: [fn(item) for item in items]) / len(items)
 
 
 def per_image_costs(files: list[Path], img_size: int, seed: int = 0) -> dict[str, float]:
@@ -116,18 +123,21 @@ def per_image_costs(files: list[Path], img_size: int, seed: int = 0) -> dict[str
 
 def run(args: argparse.Namespace, root: Path) -> dict:
     start = time.perf_counter()
-    write_sample(root / 'src', num_classes=args.classes, train_per_class=args.per_class, val_per_class=2,
-                 min_size=args.min_size, max_size=args.max_size, jpeg_quality=90, bad_files=False)
+    write_sample(root / 'src', Sample(num_classes=args.classes, train_per_class=args.per_class, val_per_class=2,
+                                      min_size=args.min_size, max_size=args.max_size, bad_files=False))
     print(f'wrote {args.classes * args.per_class} images in {time.perf_counter() - start:.1f} s', file=sys.stderr)
-    common = dict(train=True, batch_size=args.batch, img_size=args.img_size, num_workers=args.workers)
-    loaders, convert = {'folder': create_folder_loader(root / 'src' / 'train', **common)}, {}
+    common = dict(train=True, batch_size=args.batch, img_size=args.img_size, loader=Loader(num_workers=args.workers),
+                  augment=OFFICIAL)
+    loaders, convert = {'folder': create_folder_loader(root / 'src', **common)}, {}
     for mode in args.write_modes:
         out = root / f'betons_{mode}'
-        convert[mode] = convert_folder(root / 'src', out, max_resolution=500, jpeg_quality=90,
-                                       compress_probability=0.5, write_mode=mode, num_workers=args.workers,
-                                       max_bad_fraction=0.0, report=root / 'bad.json')
+        settings = Convert(max_resolution=500, write_mode=mode, num_workers=args.workers, max_bad_fraction=0.0)
+        convert[mode] = convert_folder(root / 'src', out, settings, report=root / 'bad.json')
         loaders[mode] = create_ffcv_loader(out / 'train.beton', **common)
-    transform = TrainTransform(num_classes=args.classes) if args.augment else None
+    transform = None
+    if args.augment:
+        batch_transform = TrainTransform(OFFICIAL, num_classes=args.classes, seed=0, device=torch.device('cpu'))
+        transform = lambda x, y: batch_transform(x, y, index=0)  # noqa: E731
     speed = time_interleaved(loaders, args.epochs, transform)
     result = dict(folder_img_s=round(speed['folder'], 1), images=args.classes * args.per_class, ffcv={})
     for mode, stats in convert.items():

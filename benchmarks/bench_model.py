@@ -16,7 +16,6 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_VARIANTS = ['sgformer_nano', 'sgformer_tiny', 'sgformer_s']
@@ -64,26 +63,11 @@ def _build(name: str, source: str, official: Path | None, img_size: tuple[int, i
     return timm.create_model(name, img_size=img_size) if 'swin' in name or 'deit' in name else timm.create_model(name)
 
 
-def _sync(device):
-    import torch
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-
-
 def _time_steps(step, steps: int, warmup: int, device) -> tuple[float, float]:
-    """Returns (seconds of the first step, mean seconds per timed step)."""
-    t0 = time.perf_counter()
-    step()
-    _sync(device)
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return first, (time.perf_counter() - t0) / steps
+    """Returns (seconds of the first step, median seconds per timed step)."""
+    from sgformer.eval.metrics import median_seconds, timed
+    first = timed(step, device)
+    return first, median_seconds(step, steps=steps, warmup=max(warmup - 1, 0), device=device)
 
 
 def run_worker(spec: dict) -> dict:

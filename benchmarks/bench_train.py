@@ -1,21 +1,25 @@
-"""FSDP2 training throughput and per-rank memory at 1 vs 2 ranks (CPU: gloo; CUDA: NCCL).
+"""Training throughput and per-rank memory of the production step (`Trainer.train_step`) at 1 vs 2
+ranks (CPU: gloo; CUDA: NCCL).
 
-Launches `torchrun --nproc_per_node=N` on itself for each N, trains on random data with the
-library's `parallelize` + AdamW, and reports images/s per rank and the bytes of parameters plus
-optimizer state held by each rank (sharding should halve them). Prints a markdown table, writes JSON.
+Launches `torchrun --nproc_per_node=N` on itself for each N and runs the trainer's own step on
+random uint8 batches: augmentation, autocast, NaN guard, gradient clipping, fused AdamW, EMA and
+schedule, as the train stage runs them (FSDP2 when N > 1). Reports images/s (all ranks) and the bytes
+of parameters plus optimizer state held by each rank (sharding should halve them). Prints a
+markdown table, writes JSON.
 
     python benchmarks/bench_train.py                               # sgformer_tiny, 64 px, CPU
     python benchmarks/bench_train.py --model sgformer_s --img-size 224 --batch 128 --nprocs 1 --device cuda
-    python benchmarks/bench_train.py --model sgformer_nano --batch 64 --nprocs 1 --no-shard   # what the trainer runs on 1 CPU rank
+    python benchmarks/bench_train.py --model sgformer_nano --batch 64 --nprocs 1 --augment official
 """
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
+
+AUGMENT = {'demo': {}, 'official': dict(auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,10 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--nprocs', type=int, nargs='+', default=[1, 2])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--param-dtype', default='float32', choices=['float32', 'bfloat16'])
-    p.add_argument('--no-shard', action='store_true', help='skip fully_shard (the trainer does on one float32 rank)')
-    p.add_argument('--optimizer-loop', action='store_true',
-                   help="torch's per-parameter AdamW instead of the library's fused one (the baseline)")
+    p.add_argument('--augment', default='demo', choices=sorted(AUGMENT), help="the demo's light augmentation or the official one")
+    p.add_argument('--compile', action='store_true', help='runtime.compile: true')
     p.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'bench_train.json')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -45,66 +47,44 @@ def _local_bytes(tensors) -> int:
 
 
 def run_worker(args) -> None:
-    import timm
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
-    import sgformer  # noqa: F401
+    from sgformer.config import Checkpoint, Runtime, resolve_variant
+    from sgformer.eval.metrics import timed
     from sgformer.train.distributed import destroy_distributed, init_distributed
-    from sgformer.train.optim import create_optimizer
-    from sgformer.train.parallelize import parallelize
+    from sgformer.train.trainer import Trainer
 
     info = init_distributed(args.device)
-    torch.manual_seed(0)
-    model = timm.create_model(args.model, img_size=args.img_size)
-    parallelize(model, param_dtype=args.param_dtype, shard=not args.no_shard)
-    if args.optimizer_loop:
-        from timm.optim import create_optimizer_v2
-        optimizer = create_optimizer_v2(model, opt='adamw', lr=1e-4, weight_decay=0.05, foreach=False)
-    else:
-        optimizer = create_optimizer(model, lr=1e-4, weight_decay=0.05)
-    per_rank = args.batch // info.world_size
-    x = torch.randn(per_rank, 3, args.img_size, args.img_size, device=info.device)
-    y = torch.randint(0, 1000, (per_rank,), device=info.device)
+    variant = resolve_variant(args.model, img_size=args.img_size, num_classes=1000, batch_size=args.batch,
+                              augment=AUGMENT[args.augment])
+    with tempfile.TemporaryDirectory() as checkpoints:
+        trainer = Trainer(variant, runtime=Runtime(device=args.device, compile=args.compile), checkpoint=Checkpoint(),
+                          dist_info=info, steps_per_epoch=args.warmup + args.steps, checkpoint_dir=checkpoints)
+        per_rank = args.batch // info.world_size
+        images = torch.randint(0, 256, (per_rank, 3, args.img_size, args.img_size), dtype=torch.uint8, device=info.device)
+        labels = torch.randint(0, 1000, (per_rank,), device=info.device)
+        trainer.model.train()
 
-    optimizer_seconds = []
+        def steps(n: int):
+            for _ in range(n):
+                trainer.train_step(images, labels)
 
-    def step():
-        F.cross_entropy(model(x), y).backward()
-        started = time.perf_counter()
-        optimizer.step()
-        if info.device.type == 'cuda':
-            torch.cuda.synchronize()
-        optimizer_seconds.append(time.perf_counter() - started)
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(args.warmup):
-        step()
-    if info.device.type == 'cuda':
-        torch.cuda.synchronize()
-    dist.barrier()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if info.device.type == 'cuda':
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    optimizer_ms = 1e3 * statistics.median(optimizer_seconds[-args.steps:])
-    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
-    row = torch.tensor([per_rank / seconds, _local_bytes(model.parameters()), _local_bytes(state), optimizer_ms],
-                       dtype=torch.float64)
+        timed(lambda: steps(args.warmup), info.device)
+        dist.barrier()
+        seconds = timed(lambda: steps(args.steps), info.device) / args.steps  # the step is asynchronous: one sync
+        state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+        row = torch.tensor([per_rank / seconds, _local_bytes(trainer.model.parameters()), _local_bytes(state)],
+                           dtype=torch.float64)
     rows = [torch.zeros_like(row) for _ in range(info.world_size)]
     dist.all_gather(rows, row)
     if info.is_main:
         per_rank_rows = [r.tolist() for r in rows]
         print(json.dumps(dict(
-            world_size=info.world_size,
-            img_s_per_rank=sum(r[0] for r in per_rank_rows) / info.world_size,
+            world_size=info.world_size, sharded=trainer.sharded,
             img_s_total=sum(r[0] for r in per_rank_rows),
             param_mib_per_rank=max(r[1] for r in per_rank_rows) / 2**20,
             optim_mib_per_rank=max(r[2] for r in per_rank_rows) / 2**20,
-            optimizer_step_ms=max(r[3] for r in per_rank_rows),
         )))
     destroy_distributed()
 
@@ -127,14 +107,13 @@ def main(argv=None) -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = rows[0]
     print(f'model={args.model} img={args.img_size} global_batch={args.batch} device={args.device} '
-          f'param_dtype={args.param_dtype} steps={args.steps} shard={not args.no_shard} '
-          f"optimizer={'per-parameter loop' if args.optimizer_loop else 'fused'}")
-    print('| ranks | img/s per rank | img/s total | params MiB / rank | optimizer MiB / rank | memory × 1 rank | optimizer step ms |')
-    print('|---|---|---|---|---|---|---|')
+          f'augment={args.augment} compile={args.compile} steps={args.steps} (Trainer.train_step)')
+    print('| ranks | FSDP2 | img/s total | params MiB / rank | optimizer MiB / rank | memory × 1 rank |')
+    print('|---|---|---|---|---|---|')
     for r in rows:
         ratio = (r['param_mib_per_rank'] + r['optim_mib_per_rank']) / (base['param_mib_per_rank'] + base['optim_mib_per_rank'])
-        print(f"| {r['world_size']} | {r['img_s_per_rank']:.1f} | {r['img_s_total']:.1f} | {r['param_mib_per_rank']:.2f} | "
-              f"{r['optim_mib_per_rank']:.2f} | {ratio:.2f} | {r['optimizer_step_ms']:.1f} |")
+        print(f"| {r['world_size']} | {r['sharded']} | {r['img_s_total']:.1f} | {r['param_mib_per_rank']:.2f} | "
+              f"{r['optim_mib_per_rank']:.2f} | {ratio:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix('.tmp')
     tmp.write_text(json.dumps(dict(config={k: str(v) for k, v in vars(args).items()}, results=rows), indent=2))

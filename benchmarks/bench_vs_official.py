@@ -16,12 +16,13 @@ import importlib.util
 import json
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from sgformer.eval.metrics import timed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,18 +101,17 @@ def main(argv=None) -> None:
     x_infer = torch.randn(2 * args.batch, 3, args.img_size, args.img_size)
 
     def train_step(model) -> float:
-        start = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
-        model.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        def step():
+            F.cross_entropy(model(x), y).backward()
+            model.zero_grad(set_to_none=True)
+        return timed(step)
 
     def infer_step(model) -> float:
         model.eval()
-        start = time.perf_counter()
         with torch.inference_mode():
-            model(x_infer)
+            seconds = timed(lambda: model(x_infer))
         model.train()
-        return time.perf_counter() - start
+        return seconds
 
     for model in models.values():
         train_step(model)

@@ -1,9 +1,8 @@
 """DVC stage `make_sample`: writes the procedurally drawn ImageNet-layout sample. Params read: sample."""
 import argparse
-import sys
 
-from sgformer.config import ConfigError, load_params
-from sgformer.data.sample import write_sample
+from sgformer.cli import exit_on_user_errors, load_params_or_exit
+from sgformer.datasets.sample import write_sample
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -15,14 +14,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        sample = load_params(args.params).sample
-    except ConfigError as e:
-        sys.exit(f'error: {e}')
-    settings = sample.model_dump(exclude={'out'})
-    result = write_sample(args.out or sample.out, **settings)
-    print(f"{args.out or sample.out}: {result['train']} train, {result['val']} val images, "
-          f"{len(result['odd_files'])} odd files")
+    sample = load_params_or_exit(args.params).sample
+    out = args.out or sample.out
+    with exit_on_user_errors():
+        result = write_sample(out, sample)
+    print(f"{out}: {result['train']} train, {result['val']} val images, {len(result['odd_files'])} odd files")
 
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
-"""DVC stage `train`: trains one variant with FSDP2. Params read: data, loader, augment, train,
-fsdp, checkpoint, tracking, variants.<name>.
+"""DVC stage `train`: trains one variant (FSDP2 over several ranks). Params read: data, loader,
+train, augment, runtime, checkpoint, tracking, variants.<name>.
 
     python -m pipeline.train --variant nano                        # world_size from params.yaml
     torchrun --standalone --nproc_per_node=8 -m pipeline.train --variant s
@@ -14,13 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sgformer.config import ConfigError, load_params
+from sgformer.cli import exit_on_user_errors, load_params_or_exit
+from sgformer.config import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--variant', required=True, help='a key of `variants` in params.yaml')
     p.add_argument('--params', default='params.yaml')
+    p.add_argument('--report', default='reports/convert.json', help="the convert stage's report (skipped images)")
     p.add_argument('--models', default='models', help='exports go to <models>/<variant>/')
     p.add_argument('--checkpoints', default='checkpoints', help='DCP checkpoints in <checkpoints>/<variant>/')
     p.add_argument('--metrics', default='metrics', help='final metrics in <metrics>/<variant>.json')
@@ -37,29 +39,26 @@ def _relaunch_under_torchrun(world_size: int, argv: list[str]) -> int:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    try:
-        params = load_params(args.params)
-        if args.variant not in params.variants:
-            raise ConfigError(f'{args.params}: variants.{args.variant}: no such variant '
-                              f'(variants: {", ".join(params.variants)})')
-    except ConfigError as e:
-        sys.exit(f'error: {e}')
+    params = load_params_or_exit(args.params)
+    if args.variant not in params.variants:
+        sys.exit(f'error: {args.params}: variants.{args.variant}: no such variant '
+                 f'(variants: {", ".join(params.variants)})')
     variant = params.variants[args.variant]
     if variant.world_size > 1 and 'LOCAL_RANK' not in os.environ:
         sys.exit(_relaunch_under_torchrun(variant.world_size, argv))
 
-    from sgformer.train.run import RunPaths, train_variant
+    from sgformer.datasets.folder import DataError
+    from sgformer.export import ExportError
+    from sgformer.train.checkpoint import CheckpointFolderError
     from sgformer.train.trainer import NonFiniteLossError
-    paths = RunPaths(betons=Path(params.data.betons), source=Path(params.data.source),
-                     model_dir=Path(args.models) / args.variant, checkpoint_dir=Path(args.checkpoints) / args.variant,
+    from sgformer.train.training import RunPaths, train_variant
+    paths = RunPaths(report=Path(args.report), model_dir=Path(args.models) / args.variant,
+                     checkpoint_dir=Path(args.checkpoints) / args.variant,
                      metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
-    logged = dict(params.model_dump(exclude={'variants', 'recipes'}), variant=variant.model_dump(), name=args.variant)
-    try:
-        train_variant(args.variant, variant, data=params.data, loader=params.loader,
-                      fsdp=params.fsdp, checkpoint=params.checkpoint, tracking=params.tracking, paths=paths,
-                      logged_params=logged)
-    except (ConfigError, NonFiniteLossError) as e:
-        sys.exit(f'error: {e}')
+    with exit_on_user_errors(ConfigError, DataError, ExportError, NonFiniteLossError, CheckpointFolderError):
+        train_variant(args.variant, variant, data=params.data, loader=params.loader, runtime=params.runtime,
+                      checkpoint=params.checkpoint, tracking=params.tracking, paths=paths,
+                      run_settings=params.run_settings(args.variant))
 
 
 if __name__ == '__main__':

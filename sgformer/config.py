@@ -1,24 +1,38 @@
-"""The schema of `params.yaml`: every parameter of the pipeline is declared here, once.
+"""The schema of `params.yaml`: every setting of the pipeline, its type, range, default and meaning.
 
-Stages load the file with `load_params(path)`; a malformed file stops with one message that
-names the file, the dotted key and the reason.
+Each section is the input of one component, handed over whole (torchtitan's pattern): `Sample` ->
+`write_sample`, `Convert` -> `convert_folder`, `Data` + `Loader` + `Augment` -> the loaders and the
+batch augmentation, a resolved `Variant` -> the `Trainer`, the optimizer and the EMA, `Runtime` ->
+`init_distributed` and `parallelize`, `Checkpoint`, `Tracking`, `Eval` -> their stages. The
+defaults are what the demo runs (minutes on a 2-core CPU); `params.yaml` states them all, so DVC
+tracks every key, and a test checks that it states nothing else. Profiles (`profiles/*.yaml`, e.g.
+the official ImageNet recipes) are complete params files of their own.
+
+Stages load the file with `load_params(path)`; a malformed file stops with one message that names
+the file, the dotted key and the reason. Validation imports neither torch nor timm:
 
     python -m sgformer.config check [params.yaml]     # validate and print the resolved config
-
-Sections: `sample` (the generated dataset), `data` (where images live, which loader), `convert`
-(folder -> FFCV betons), `loader`, `augment` and `train` (defaults every variant inherits),
-`fsdp`, `checkpoint`, `tracking`, `eval` (the evaluate stage), `variants` (what the pipeline
-trains) and `recipes` (variants written down but not trained: the official ImageNet settings;
-move one into `variants` to train it).
 """
+import re
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
+
+# The registered timm names (sgformer.models.sgformer); a test keeps the two in step.
+SGFORMER_MODELS = ('sgformer_nano', 'sgformer_tiny', 'sgformer_s', 'sgformer_m', 'sgformer_b')
+
+# A variant name becomes a DVC stage name (`train@<name>`), a folder and a shell word: letters,
+# digits, `_` and `-` only (`.` would hide later edits from DVC's params dependency).
+VARIANT_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_-]*$')
+
+# timm's RandAugment spec sections (timm.data.auto_augment.rand_augment_transform)
+_RAND_NUMERIC = {'m': int, 'n': int, 'p': float, 'mstd': float, 'mmax': int, 'inc': int}
+_RAND_TRANSFORM_SETS = ('weights', '3a', '3aw')
 
 
 class ConfigError(ValueError):
@@ -33,11 +47,11 @@ class Sample(_Section):
     """The procedurally drawn ImageNet-layout dataset written by the `make_sample` stage."""
 
     out: str = Field('data/sample', description='Folder the sample is written to (train/, val/).')
-    num_classes: int = Field(10, ge=2, le=10, description='Number of classes (at most 10 drawings exist).')
-    train_per_class: int = Field(40, ge=1, description='Training images per class.')
-    val_per_class: int = Field(10, ge=1, description='Validation images per class.')
+    num_classes: int = Field(10, ge=1, le=10, description='Number of classes (at most 10 drawings exist).')
+    train_per_class: int = Field(400, ge=1, description='Training images per class.')
+    val_per_class: int = Field(50, ge=1, description='Validation images per class.')
     min_size: int = Field(64, ge=16, description='Smallest image side in pixels.')
-    max_size: int = Field(160, ge=16, description='Largest image side in pixels.')
+    max_size: int = Field(112, ge=16, description='Largest image side in pixels.')
     jpeg_quality: int = Field(90, ge=1, le=100, description='JPEG quality of the sample files.')
     bad_files: bool = Field(True, description='Add deliberately broken files (truncated, empty, PNG, CMYK, gray).')
     seed: int = Field(0, ge=0, description='Seed: the same seed writes the same bytes.')
@@ -50,7 +64,7 @@ class Sample(_Section):
 
 
 class Data(_Section):
-    """Where the images are and how batches are made from them."""
+    """Where the images are and how batches are read from them."""
 
     source: str = Field('data/sample', description='ImageNet-layout folder (train/<synset>/*.JPEG, val/<synset>/*.JPEG); '
                         'may be sample.out before make_sample has run, any other path must exist.')
@@ -61,12 +75,13 @@ class Data(_Section):
 class Convert(_Section):
     """Folder -> FFCV beton conversion (ffcv-imagenet used 500 px, 50 % JPEG, quality 90)."""
 
-    max_resolution: int = Field(500, ge=16, description='Longest side stored in the beton.')
+    max_resolution: int = Field(160, ge=16, description='Longest side stored in the beton (ImageNet: 500).')
     jpeg_quality: int = Field(90, ge=1, le=100, description='Quality of the JPEGs stored in the beton.')
     compress_probability: Fraction = Field(0.5, description='Share of images stored as JPEG in proportion mode.')
     write_mode: Literal['raw', 'jpg', 'smart', 'proportion'] = Field('proportion', description='ffcv RGBImageField mode.')
     num_workers: int = Field(2, ge=1, description='Processes that check and write images.')
-    max_bad_fraction: Fraction = Field(0.01, description='Fail when more than this share of images is unreadable.')
+    max_bad_fraction: Fraction = Field(0.05, description='Fail when more than this share of images is unreadable '
+                                       '(the sample holds 2 unreadable files of 4,505).')
 
 
 class Loader(_Section):
@@ -77,47 +92,72 @@ class Loader(_Section):
     batches_ahead: int = Field(2, ge=1, description='ffcv: batches prepared ahead of the training step.')
 
 
-class Augment(_Section):
-    """The official training recipe's augmentations (timm names)."""
+def check_rand_augment_spec(spec: str) -> str:
+    """Raise ValueError unless `spec` is a timm RandAugment spec (`rand-m9-mstd0.5-inc1`, ...)."""
+    sections = spec.split('-')
+    if sections[0] != 'rand':
+        raise ValueError(f'only RandAugment specs (rand-...) are supported, got {spec!r}')
+    for section in sections[1:]:
+        if section.startswith('t'):
+            if section[1:] not in _RAND_TRANSFORM_SETS:
+                raise ValueError(f'{spec!r}: unknown transform set {section!r} (t{", t".join(_RAND_TRANSFORM_SETS)})')
+            continue
+        key, value = re.match(r'^([a-z]*)(.*)$', section).groups()
+        if key not in _RAND_NUMERIC:
+            raise ValueError(f'{spec!r}: unknown section {section!r} (known: {", ".join(_RAND_NUMERIC)}, t<set>)')
+        try:
+            _RAND_NUMERIC[key](value)
+        except ValueError:
+            raise ValueError(f'{spec!r}: {section!r} needs a number after {key!r}') from None
+    return spec
 
-    scale: tuple[Fraction, Fraction] = Field((0.08, 1.0), description='RandomResizedCrop area range.')
-    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description='RandomResizedCrop aspect-ratio range.')
+
+class Augment(_Section):
+    """Training augmentation (timm names) and the eval crop. The defaults are light, for minutes of
+    training on the sample; the ImageNet profile sets the official recipe."""
+
+    scale: tuple[Fraction, Fraction] = Field((0.35, 1.0), description='RandomResizedCrop area range (official: 0.08-1).')
+    ratio: tuple[float, float] = Field((0.75, 1.3333333), description='RandomResizedCrop aspect-ratio range.')
     hflip: Fraction = Field(0.5, description='Horizontal flip probability.')
-    auto_augment: str | None = Field('rand-m9-mstd0.5-inc1', description='timm RandAugment spec, null to disable.')
-    reprob: Fraction = Field(0.25, description='Random erasing probability (pixel mode).')
-    mixup: float = Field(0.8, ge=0, description='Mixup alpha (0: off).')
-    cutmix: float = Field(1.0, ge=0, description='CutMix alpha (0: off).')
-    smoothing: Fraction = Field(0.1, description='Label smoothing of the mixed targets.')
+    auto_augment: str | None = Field(None, description="timm RandAugment spec, e.g. 'rand-m9-mstd0.5-inc1' "
+                                     '(official); null: off.')
+    reprob: Fraction = Field(0.0, description='Random erasing probability, pixel mode (official: 0.25).')
+    mixup: float = Field(0.0, ge=0, description='Mixup alpha, 0: off (official: 0.8).')
+    cutmix: float = Field(0.0, ge=0, description='CutMix alpha, 0: off (official: 1.0).')
+    smoothing: Fraction = Field(0.1, description='Label smoothing of the (mixed) targets.')
     crop_pct: float = Field(0.9, gt=0, le=1, description='Eval centre crop: crop side / resized side.')
 
     @field_validator('auto_augment')
     @classmethod
     def _rand_augment_spec(cls, spec: str | None) -> str | None:
-        if spec is not None and not spec.startswith('rand-'):
-            raise ValueError(f'only RandAugment specs (rand-...) are supported, got {spec!r}')
-        return spec
+        return spec if spec is None else check_rand_augment_spec(spec)
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
 
 
 class Train(_Section):
     """Training settings; every variant inherits them and may override any of them."""
 
-    epochs: int = Field(30, ge=1, description='Training epochs.')
+    epochs: int = Field(8, ge=1, description='Training epochs.')
     batch_size: int = Field(64, ge=1, description='Global batch size (split evenly over world_size ranks).')
     world_size: int = Field(1, ge=1, description='Number of training processes (GPUs, or CPU ranks).')
-    lr: float = Field(1e-3, gt=0, description='Peak learning rate (AdamW) at lr_base_batch images per step.')
+    lr: float = Field(2e-3, gt=0, description='Peak learning rate (AdamW) at lr_base_batch images per step.')
     lr_base_batch: int | None = Field(None, ge=1, description='Batch size `lr` is meant for: the run uses '
                                       'lr * batch_size / lr_base_batch (linear scaling); null: lr as given.')
     weight_decay: float = Field(0.05, ge=0, description='AdamW weight decay (not on norms, biases, pos_embed).')
-    warmup_epochs: float = Field(5, ge=0, description='Linear warmup epochs before the cosine decay (per step).')
+    warmup_epochs: float = Field(1, ge=0, description='Linear warmup epochs before the cosine decay (per step).')
     warmup_lr: float = Field(1e-6, ge=0, description='Learning rate the warmup starts from.')
     min_lr: float = Field(1e-5, ge=0, description='Learning rate the cosine decays to.')
-    ema_decay: float = Field(0.99992, ge=0, lt=1, description='Weight EMA decay per step.')
+    ema_decay: float = Field(0.99, ge=0, lt=1, description='Weight EMA decay per step (~100-step horizon for the '
+                             'demo; official: 0.99992).')
     ema_warmup: bool = Field(True, description='Ramp the EMA decay up over the first steps (for short runs).')
-    grad_clip: float | None = Field(None, gt=0, description='Clip the gradient norm to this (null: no clipping).')
+    grad_clip: float | None = Field(1.0, gt=0, description='Clip the gradient norm to this (null: no clipping).')
     max_nonfinite_steps: int = Field(10, ge=1, description='Abort after this many consecutive NaN/inf losses.')
-    drop_path_rate: float = Field(0.1, ge=0, lt=1, description='Stochastic depth at the deepest block.')
-    img_size: int = Field(224, gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32).')
-    num_classes: int = Field(1000, ge=0, description='Classifier outputs (0: no classifier).')
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description='Stochastic depth at the deepest block.')
+    img_size: int = Field(64, gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32).')
+    num_classes: int = Field(10, ge=0, description='Classifier outputs (0: no classifier).')
     seed: int = Field(0, ge=0, description='Seed of weights, data order and augmentation.')
 
 
@@ -142,18 +182,9 @@ AugmentOverride = create_model(
 
 
 class _VariantBase(_Section):
-    model: str = Field(description="timm model name, e.g. 'sgformer_s' (registered by `import sgformer`).")
+    model: Literal[SGFORMER_MODELS] = Field(description="SG-Former model (timm name), e.g. 'sgformer_s'.")
     augment: AugmentOverride | None = Field(
         None, description='Augmentation of this variant; keys left out are taken from the shared `augment`.')
-
-    @field_validator('model')
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        import timm
-        import sgformer  # noqa: F401  (registers the sgformer_* models)
-        if name not in timm.list_models():
-            raise ValueError(f"unknown model {name!r}; known SG-Former models: {timm.list_models('sgformer_*')}")
-        return name
 
     def inherit(self, train: Train, augment: Augment) -> 'Variant':
         """This variant with every unset field taken from `train` and its augmentation from `augment`.
@@ -185,22 +216,33 @@ Variant = create_model(
 )
 
 
-class Fsdp(_Section):
-    """How training is spread over devices (FSDP2) and run."""
+def resolve_variant(model: str, **fields) -> Variant:
+    """A resolved variant: `fields` (any variant key, `augment={...}` included) over the schema's
+    `train` and `augment` defaults (tests, benchmarks, library use)."""
+    return Variant(model=model, **fields).inherit(Train(), Augment())
+
+
+class Runtime(_Section):
+    """Where and how a training run executes: device, precision, FSDP2 sharding, recomputation, compile."""
 
     device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when available (NCCL), else CPU (gloo).')
-    param_dtype: Literal['auto', 'float32', 'bfloat16'] = Field(
-        'auto', description='Dtype of the gathered parameters in forward/backward; auto: bfloat16 on CUDA, float32 on CPU.')
-    reduce_dtype: Literal['float32', 'bfloat16'] = Field('float32', description='Dtype of the gradient reduce-scatter.')
+    precision: Literal['auto', 'float32', 'bfloat16'] = Field(
+        'auto', description='Autocast dtype of forward/backward (the recipe\'s AMP); auto: bfloat16 on CUDA, '
+        'float32 on CPU. With FSDP2 the gathered parameters take this dtype too.')
+    reduce_dtype: Literal['float32', 'bfloat16'] = Field('float32', description='Dtype of the FSDP2 gradient reduce-scatter.')
     activation_checkpointing: bool = Field(False, description='Recompute block activations in backward (saves memory).')
-    compile: bool = Field(False, description='torch.compile each block.')
+    compile: bool | Literal['auto'] = Field(False, description='torch.compile the model (per block when sharded); '
+                                            'auto: on CUDA only.')
 
 
 class Checkpoint(_Section):
     """DCP checkpoints of a training run (resumed from automatically)."""
 
     every_epochs: int = Field(1, ge=1, description='Save every this many epochs (and after the last).')
-    keep: int = Field(2, ge=1, description='How many of the newest checkpoints to keep.')
+    keep: int = Field(2, ge=1, description='How many of the newest checkpoints of a run to keep.')
+    keep_runs: int = Field(4, ge=1, description="How many runs of other settings a variant keeps resumable besides "
+                           "the current one (checkpoints/<variant>/<settings hash>/); beyond it the oldest finished "
+                           "runs go first, each removal logged.")
 
 
 class Tracking(_Section):
@@ -209,17 +251,26 @@ class Tracking(_Section):
     tracking_uri: str = Field('sqlite:///mlflow.db', description='MLflow store or server URI.')
     experiment: str = Field('sgformer', min_length=1, description='MLflow experiment name.')
     system_metrics: bool = Field(True, description='Also log CPU/GPU/memory utilisation.')
+    log_every_steps: int = Field(10, ge=1, description='Log train/loss, lr and img/s every this many steps.')
+    register_model: bool = Field(False, description="Register each trained variant's MLflow model in the Model "
+                                 'Registry under the variant name.')
+    offline_dir: str = Field('.mlflow-offline', min_length=1, description='Where tracking that could not reach MLflow '
+                             'waits (one folder per stage run) until `python -m pipeline.replay_tracking` or the next '
+                             'stage that reaches MLflow replays it; relative: to the DVC repository root.')
+    timeout_s: int = Field(10, ge=1, description='Seconds an MLflow HTTP request may take (2 retries); a stage waits '
+                           'at most 12 x this for MLflow at its end, then leaves the rest for replay.')
 
 
 class Eval(_Section):
     """The evaluate stage: accuracy, speed, FLOPs and significance-map pictures of an export."""
 
-    weights: Literal['ema', 'model'] = Field('ema', description='Which exported weights to evaluate.')
+    weights: Literal['ema', 'raw'] = Field('ema', description='Which exported weights to evaluate.')
+    device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when available, else CPU.')
     batch_size: int = Field(64, ge=1, description='Images per batch when computing accuracy.')
     speed_batch_size: int = Field(64, ge=1, description='Batch size of the throughput and latency measurement.')
     speed_steps: int = Field(10, ge=1, description='Timed forward passes (after 2 untimed ones).')
     resolutions: list[Annotated[int, Field(gt=0, multiple_of=32)]] = Field(
-        [], description='Extra square resolutions to evaluate at (the model runs at any multiple of 32).')
+        [96], description='Extra square resolutions to evaluate at (the model runs at any multiple of 32).')
     num_pictures: int = Field(6, ge=1, le=64, description='Val images drawn in the significance-map grids.')
 
 
@@ -232,25 +283,51 @@ class Params(_Section):
     loader: Loader = Loader()
     augment: Augment = Augment()
     train: Train = Train()
-    fsdp: Fsdp = Fsdp()
+    runtime: Runtime = Runtime()
     checkpoint: Checkpoint = Checkpoint()
     tracking: Tracking = Tracking()
     eval: Eval = Eval()
     variants: dict[str, Variant] = Field(min_length=1, description='Name -> variant trained by the pipeline.')
-    recipes: dict[str, Variant] = Field({}, description='Name -> variant kept ready but not trained (ImageNet).')
+
+    @field_validator('variants')
+    @classmethod
+    def _safe_names(cls, variants: dict) -> dict:
+        for name in variants:
+            if not VARIANT_NAME.match(name):
+                suggestion = re.sub(r'[^A-Za-z0-9_-]', '_', name).lstrip('-') or 'v1'
+                raise ValueError(f'variant name {name!r} may hold only letters, digits, _ and - (it names DVC '
+                                 f'stages, folders and shell arguments); e.g. {suggestion!r}')
+        return variants
 
     @model_validator(mode='after')
     def _resolve(self):
-        for field in ('variants', 'recipes'):
-            resolved = {name: _inherit(f'{field}.{name}', v, self.train, self.augment)
-                        for name, v in getattr(self, field).items()}
-            for name, v in resolved.items():
-                _check_batch(f'{field}.{name}.batch_size', v, mixing=v.augment.mixup > 0 or v.augment.cutmix > 0)
-            object.__setattr__(self, field, resolved)
+        resolved = {name: _inherit(f'variants.{name}', v, self.train, self.augment) for name, v in self.variants.items()}
+        for name, v in resolved.items():
+            _check_batch(f'variants.{name}.batch_size', v)
+        object.__setattr__(self, 'variants', resolved)
         source = Path(self.data.source)
         if self.data.source != self.sample.out and not source.is_dir():
             raise _KeyError('data.source', f'folder {source} not found (only sample.out may be missing: make_sample writes it)')
+        if source.is_dir():
+            _check_classes(source)
         return self
+
+    def run_settings(self, name: str) -> dict[str, Any]:
+        """What one variant's training run uses, as MLflow params: its resolved values, never the
+        shared defaults it overrides (`train.*` and `augment.*` are the variant's own)."""
+        variant = self.variants[name]
+        return dict(variant=name, model=variant.model,
+                    train={k: getattr(variant, k) for k in INHERITED}, augment=variant.augment.model_dump(),
+                    **self.model_dump(include={'data', 'loader', 'runtime', 'checkpoint'}))
+
+
+def _check_classes(source: Path) -> None:
+    """train/ and val/ exist and hold the same class folders (cheap: two directory listings)."""
+    from .datasets.folder import DataError, class_index
+    try:
+        class_index(source)
+    except DataError as e:
+        raise _KeyError('data.source', str(e)) from None
 
 
 def _inherit(key: str, variant, train: Train, augment: Augment):
@@ -261,10 +338,10 @@ def _inherit(key: str, variant, train: Train, augment: Augment):
         raise _KeyError(f"{key}.augment.{_dotted(err['loc'])}", err['msg']) from None
 
 
-def _check_batch(key: str, v: Variant, mixing: bool) -> None:
+def _check_batch(key: str, v: Variant) -> None:
     if v.batch_size % v.world_size:
         raise _KeyError(key, f'{v.batch_size} is not divisible by world_size {v.world_size}')
-    if mixing and (v.batch_size // v.world_size) % 2:
+    if v.augment.mixing and (v.batch_size // v.world_size) % 2:
         raise _KeyError(key, f'{v.batch_size} / world_size {v.world_size} is odd; mixup/cutmix pair samples '
                         'and need an even batch per rank')
 
@@ -312,6 +389,8 @@ def load_params(path: str | Path = 'params.yaml') -> Params:
         raise ConfigError(f'{path}: file not found') from None
     except yaml.YAMLError as e:
         raise ConfigError(f'{path}: not valid YAML: {e}') from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f'{path}: expected a mapping of sections, got {type(raw).__name__}')
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:

@@ -1,1 +1,1 @@
-"""Data: the sample generator, the beton writer, FFCV/folder loaders and batched augmentation."""
+"""Batches: FFCV / folder loaders and the batched augmentation that runs on the device."""

@@ -2,12 +2,18 @@
 
 Both yield `(images, labels)`: uint8 `B, 3, H, W` images (values 0-255) and int64 labels `B`, on
 the requested device; normalisation and the rest of the recipe run on the device afterwards
-(`sgformer.data.transforms`). Train: random-resized crop (scale 0.08-1, ratio 3/4-4/3) + flip,
-`drop_last`. Val: centre crop of `crop_pct` of the short side (the official eval transform).
+(`sgformer.data.transforms`). Train: random-resized crop (`augment.scale`, `augment.ratio`) +
+flip, `drop_last`. Val: centre crop of `augment.crop_pct` of the short side (the official eval
+transform).
 """
+import sys
 from pathlib import Path
 
 import torch
+
+from ..config import Augment, Data, Loader
+from ..datasets.beton import check_beton, check_images
+from ..datasets.folder import DataError, class_index, list_images
 
 
 def _label_pipeline(device: torch.device) -> list:
@@ -17,113 +23,159 @@ def _label_pipeline(device: torch.device) -> list:
     return [IntDecoder(), ToTensor(), Squeeze(1), *tail]
 
 
-def create_ffcv_loader(path: str | Path, *, train: bool, batch_size: int, img_size: int, num_workers: int,
-                       os_cache: bool = True, batches_ahead: int = 2, distributed: bool = False,
-                       device: str | torch.device = 'cpu', scale: tuple[float, float] = (0.08, 1.0),
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, crop_pct: float = 0.9,
-                       seed: int = 0):
-    """An FFCV `Loader` over a beton written by `sgformer.data.beton`.
+def create_ffcv_loader(path: str | Path, *, train: bool, batch_size: int, img_size: int, loader: Loader = Loader(),
+                       augment: Augment = Augment(), distributed: bool = False,
+                       device: str | torch.device = 'cpu', seed: int = 0):
+    """An FFCV `Loader` over a beton written by `sgformer.datasets.beton`.
 
     Args:
         path: the `.beton` file.
         train: random crop + flip, RANDOM/QUASI_RANDOM order and drop_last; else centre crop, in order.
         batch_size: images per batch on this rank.
         img_size: side of the square output.
-        num_workers: decoding threads.
-        os_cache: leave caching to the OS page cache (the whole file is read once).
-        batches_ahead: batches prepared ahead.
+        loader: worker threads, OS page cache, batches prepared ahead.
+        augment: crop scale / ratio, flip probability, eval crop_pct.
         distributed: split every epoch across the torch.distributed ranks (RANDOM order when training).
         device: where batches land; on CUDA the copy is asynchronous.
-        scale: random-resized-crop area range.
-        ratio: random-resized-crop aspect-ratio range.
-        hflip: flip probability.
-        crop_pct: val centre crop as a share of the short side.
         seed: the order and crop seed.
 
     Returns:
         The loader; `len()` is the number of batches per epoch.
     """
+    import numba
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import Loader as FFCVLoader
+    from ffcv.loader import OrderOption
     from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
 
+    check_beton(path)
     device = torch.device(device)
     if train:
-        image = [RandomResizedCropRGBImageDecoder((img_size, img_size), scale=tuple(scale), ratio=tuple(ratio)),
-                 RandomHorizontalFlip(hflip)]
+        if tuple(augment.scale) == (1.0, 1.0) and tuple(augment.ratio) == (1.0, 1.0):
+            # the random crop turned off: its fallback, the centre square, without the 1-pixel jitter
+            # ffcv's unseeded generators add for nearly square images (resumes are then exact)
+            crop = CenterCropRGBImageDecoder((img_size, img_size), ratio=1.0)
+        else:
+            crop = RandomResizedCropRGBImageDecoder((img_size, img_size), scale=tuple(augment.scale),
+                                                    ratio=tuple(augment.ratio))
+        image = [crop, RandomHorizontalFlip(augment.hflip)]
         order = OrderOption.RANDOM if distributed else OrderOption.QUASI_RANDOM
     else:
-        image = [CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)]
+        image = [CenterCropRGBImageDecoder((img_size, img_size), ratio=augment.crop_pct)]
         order = OrderOption.SEQUENTIAL
     image += [ToTensor(), *([ToDevice(device, non_blocking=True)] if device.type == 'cuda' else []), ToTorchImage()]
-    return Loader(str(path), batch_size=batch_size, num_workers=num_workers, order=order, os_cache=os_cache,
-                  drop_last=train, distributed=distributed, batches_ahead=batches_ahead, seed=seed,
-                  pipelines={'image': image, 'label': _label_pipeline(device)})
+    # numba refuses more threads than the machine has cores (a GPU-node setting on a small machine)
+    workers = max(1, min(loader.num_workers, numba.config.NUMBA_NUM_THREADS))
+    return FFCVLoader(str(path), batch_size=batch_size, num_workers=workers, order=order,
+                      os_cache=loader.os_cache, drop_last=train, distributed=distributed,
+                      batches_ahead=loader.batches_ahead, seed=seed,
+                      pipelines={'image': image, 'label': _label_pipeline(device)})
 
 
-class _ToDevice:
-    """Wraps a DataLoader so that batches arrive on `device` (asynchronously from pinned memory)."""
+class FolderLoader:
+    """A DataLoader over an ImageFolder-like dataset whose batches arrive on `device`
+    (asynchronously from pinned memory); `num_images` is the dataset size."""
 
     def __init__(self, loader, device: torch.device):
         self.loader, self.device = loader, device
+        self.sampler = loader.sampler
+
+    @property
+    def num_images(self) -> int:
+        return len(self.loader.dataset)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        try:
+            for images, labels in self.loader:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        except DataError as e:  # raised in a worker: torch wraps it with the worker's traceback
+            raise DataError(str(e).strip().splitlines()[-1].removeprefix(f'{DataError.__module__}.DataError: ')) from None
 
 
-def create_folder_loader(root: str | Path, *, train: bool, batch_size: int, img_size: int, num_workers: int,
-                         distributed: bool = False, device: str | torch.device = 'cpu',
-                         scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                         hflip: float = 0.5, crop_pct: float = 0.9, seed: int = 0, exclude: set[str] = frozenset()):
-    """A torchvision `ImageFolder` + `DataLoader` with the same crops and output as `create_ffcv_loader`.
+class _Images(torch.utils.data.Dataset):
+    """(path, label) pairs decoded to RGB and transformed; a file that no longer decodes is named."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as image:
+                image = image.convert('RGB')
+        except (OSError, ValueError) as e:
+            raise DataError(f'{path}: unreadable image ({e}); run the convert stage, whose report '
+                            'lists the files to skip') from None
+        return self.transform(image), label
+
+
+def create_folder_loader(root: str | Path, *, train: bool, batch_size: int, img_size: int, loader: Loader = Loader(),
+                         augment: Augment = Augment(), distributed: bool = False,
+                         device: str | torch.device = 'cpu', seed: int = 0, exclude: frozenset[str] | None = None):
+    """A torchvision-transformed folder dataset + `DataLoader` with the same crops and output as
+    `create_ffcv_loader`, over the files `sgformer.data.folder` lists (the convert stage's view).
 
     Args:
-        root: one split of an ImageNet-layout folder (`<root>/<synset>/*.JPEG`).
-        exclude: paths to leave out (the unreadable files listed by the convert stage's report).
+        root: an ImageNet-layout folder (`<root>/{train,val}/<synset>/*.JPEG`).
+        exclude: paths to leave out: the unreadable files the convert stage's report lists; None
+            (no report) decodes every image of the split once first and leaves out, and names,
+            the ones that fail, as the convert stage does.
         other args: as in `create_ffcv_loader`.
 
     Returns:
-        An iterable of `(images, labels)` batches with `len()`.
+        An iterable of `(images, labels)` batches with `len()` and `num_images`.
     """
     from torch.utils.data import DataLoader, DistributedSampler
-    from torchvision import datasets
     from torchvision.transforms import v2
 
     if train:
-        crop = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True),
-                v2.RandomHorizontalFlip(hflip)]
+        crop = [v2.RandomResizedCrop(img_size, scale=tuple(augment.scale), ratio=tuple(augment.ratio), antialias=True),
+                v2.RandomHorizontalFlip(augment.hflip)]
     else:
-        crop = [v2.Resize(int(img_size / crop_pct), antialias=True), v2.CenterCrop(img_size)]
-    transform = v2.Compose([v2.PILToTensor(), *crop])
-    dataset = datasets.ImageFolder(str(root), transform=transform, loader=_rgb_loader,
-                                   is_valid_file=lambda p: p not in exclude and p.lower().endswith(datasets.folder.IMG_EXTENSIONS))
+        crop = [v2.Resize(int(img_size / augment.crop_pct), antialias=True), v2.CenterCrop(img_size)]
+    root = Path(root)
+    samples = list_images(root / ('train' if train else 'val'), class_index(root))
+    if exclude is None:
+        exclude = _unreadable(samples, loader.num_workers)
+    samples = [s for s in samples if s[0] not in exclude]
+    dataset = _Images(samples, v2.Compose([v2.PILToTensor(), *crop]))
     sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train) if distributed else None
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                        num_workers=num_workers, drop_last=train, generator=generator,
-                        pin_memory=torch.device(device).type == 'cuda', persistent_workers=num_workers > 0)
-    return _ToDevice(loader, torch.device(device))
+    batches = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                         num_workers=loader.num_workers, drop_last=train, generator=generator,
+                         pin_memory=torch.device(device).type == 'cuda', persistent_workers=loader.num_workers > 0)
+    return FolderLoader(batches, torch.device(device))
 
 
-def _rgb_loader(path: str):
-    from PIL import Image
-    with Image.open(path) as image:
-        return image.convert('RGB')
+def _unreadable(samples: list[tuple[str, int]], workers: int) -> frozenset[str]:
+    """Decode every image once (as convert does), report the unreadable ones in one line."""
+    bad, _ = check_images([path for path, _ in samples], max(workers, 1))
+    if bad:
+        names = ', '.join(b['path'] for b in bad[:5]) + (', ...' if len(bad) > 5 else '')
+        print(f'folder backend: leaving out {len(bad)} unreadable images ({names})', file=sys.stderr)
+    return frozenset(b['path'] for b in bad)
 
 
-def create_loader(backend: str, *, split: str, source: str | Path, betons: str | Path,
-                  exclude: set[str] = frozenset(), **kwargs):
-    """The `data.backend` loader of one split: `ffcv` reads `<betons>/<split>.beton`, `folder` reads
-    `<source>/<split>`; `kwargs` go to `create_ffcv_loader` / `create_folder_loader`."""
-    train = split == 'train'
-    if backend == 'ffcv':
-        return create_ffcv_loader(Path(betons) / f'{split}.beton', train=train, **kwargs)
-    if backend == 'folder':
-        for key in ('os_cache', 'batches_ahead'):
-            kwargs.pop(key, None)
-        return create_folder_loader(Path(source) / split, train=train, exclude=exclude, **kwargs)
-    raise ValueError(f"unknown data backend {backend!r} (ffcv | folder)")
+def create_loader(split: str, *, data: Data, loader: Loader, augment: Augment, img_size: int, batch_size: int,
+                  seed: int = 0, device: str | torch.device = 'cpu', distributed: bool = False,
+                  exclude: frozenset[str] | None = None):
+    """The `data.backend` loader of one split: `ffcv` reads `<data.betons>/<split>.beton`, `folder`
+    reads `<data.source>/<split>` (leaving out `exclude`, or the files that don't decode)."""
+    common = dict(train=split == 'train', batch_size=batch_size, img_size=img_size, loader=loader, augment=augment,
+                  distributed=distributed, device=device, seed=seed)
+    if data.backend == 'ffcv':
+        return create_ffcv_loader(Path(data.betons) / f'{split}.beton', **common)
+    return create_folder_loader(data.source, exclude=exclude, **common)
+
+
+def loader_size(loader) -> int:
+    """Images one pass of a loader of this module yields before `drop_last`."""
+    indices = getattr(loader, 'indices', None)  # an ffcv Loader
+    return len(indices) if indices is not None else loader.num_images

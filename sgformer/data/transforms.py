@@ -1,11 +1,12 @@
 """Batched augmentation on the device, after the loader: the official train recipe on tensors.
 
 Loaders yield uint8 `B, 3, H, W` batches. `TrainTransform` applies, per sample, timm's RandAugment
-(`rand-m9-mstd0.5-inc1`: timm parses the spec and samples ops, probabilities and magnitudes; the
-ops run as torchvision.transforms.v2 tensor functions), then normalises, then timm
-`RandomErasing` (pixel mode) and timm `Mixup`/CutMix with label smoothing on the whole batch.
-`EvalTransform` only normalises. All randomness comes from the transform's own seed, so the same
-seed and the same batches give the same output, whatever else uses the global generators.
+(`sgformer.data.rand_augment`: timm parses the spec and its sampling is reproduced per image, the
+ops run on whole groups of images), then normalises, then random erasing (timm's pixel mode,
+batched) and timm `Mixup`/CutMix with label smoothing on the whole batch. `EvalTransform` only
+normalises. All randomness of batch `index` comes from `seed + index`, so the same batches give the
+same output whatever else uses the global generators, and a resumed run continues the sequence.
+Every step dispatches the same number of ops whatever the batch size (no per-image loop).
 """
 import math
 import random
@@ -13,12 +14,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
-from timm.data.auto_augment import rand_augment_transform
-from timm.data.random_erasing import RandomErasing
 
-FILL = [round(255 * m) for m in IMAGENET_DEFAULT_MEAN]
+from ..config import Augment
+from .rand_augment import BatchRandAugment
 
 
 def normalize(images: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
@@ -26,66 +25,6 @@ def normalize(images: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEF
     mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
     std = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
     return (images.float() - mean) / std
-
-
-def _affine(image, angle=0.0, translate=(0, 0), shear=(0.0, 0.0)):
-    return F.affine(image, angle=angle, translate=list(translate), scale=1.0, shear=list(shear), fill=FILL)
-
-
-def _solarize_add(image, add, thresh=128):
-    return torch.where(image < thresh, (image.int() + add).clamp(0, 255).to(image.dtype), image)
-
-
-# timm op name -> the same operation on a uint8 CHW tensor, taking timm's level arguments
-TENSOR_OPS = {
-    'AutoContrast': lambda img: F.autocontrast(img),
-    'Equalize': lambda img: F.equalize(img),
-    'Invert': lambda img: F.invert(img),
-    'Rotate': lambda img, deg: F.rotate(img, deg, fill=FILL),
-    'PosterizeIncreasing': lambda img, bits: F.posterize(img, max(0, min(8, int(bits)))),
-    'SolarizeIncreasing': lambda img, thresh: img if thresh > 255 else F.solarize(img, float(thresh)),
-    'SolarizeAdd': _solarize_add,
-    'ColorIncreasing': lambda img, f: F.adjust_saturation(img, f),
-    'ContrastIncreasing': lambda img, f: F.adjust_contrast(img, f),
-    'BrightnessIncreasing': lambda img, f: F.adjust_brightness(img, f),
-    'SharpnessIncreasing': lambda img, f: F.adjust_sharpness(img, f),
-    'ShearX': lambda img, f: _affine(img, shear=(math.degrees(math.atan(f)), 0.0)),
-    'ShearY': lambda img, f: _affine(img, shear=(0.0, math.degrees(math.atan(f)))),
-    'TranslateXRel': lambda img, pct: _affine(img, translate=(round(pct * img.shape[-1]), 0)),
-    'TranslateYRel': lambda img, pct: _affine(img, translate=(0, round(pct * img.shape[-2]))),
-}
-
-
-class BatchRandAugment:
-    """timm RandAugment applied independently to every image of a uint8 batch."""
-
-    def __init__(self, spec: str = 'rand-m9-mstd0.5-inc1'):
-        self.policy = rand_augment_transform(spec, dict(img_mean=tuple(FILL)))
-        unknown = [op.name for op in self.policy.ops if op.name not in TENSOR_OPS]
-        if unknown:
-            raise ValueError(f'{spec}: no tensor version of {unknown}')
-
-    def _apply_op(self, op, image: torch.Tensor) -> torch.Tensor:
-        # the sampling below is timm's AugmentOp.__call__, with a tensor op in place of PIL
-        if op.prob < 1.0 and random.random() > op.prob:
-            return image
-        magnitude = op.magnitude
-        if op.magnitude_std == float('inf'):
-            magnitude = random.uniform(0, magnitude)
-        elif op.magnitude_std > 0:
-            magnitude = random.gauss(magnitude, op.magnitude_std)
-        magnitude = max(0.0, min(magnitude, op.magnitude_max or 10.0))
-        args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()
-        return TENSOR_OPS[op.name](image, *args)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = images.clone()
-        for i in range(len(out)):
-            ops = np.random.choice(self.policy.ops, self.policy.num_layers, replace=self.policy.choice_weights is None,
-                                   p=self.policy.choice_weights)
-            for op in ops:
-                out[i] = self._apply_op(op, out[i])
-        return out
 
 
 @contextmanager
@@ -104,34 +43,67 @@ def seeded(seed: int, device: torch.device):
             np.random.set_state(np_state)
 
 
+class BatchRandomErasing:
+    """timm's `RandomErasing(mode='pixel', max_count=1)` for a whole normalised batch at once.
+
+    Each image is erased with probability `probability`: a rectangle of area 2-33 % and log-uniform
+    aspect ratio 0.3-3.3 (up to 10 tries to fit, as timm), filled with standard-normal noise. The
+    rectangles are drawn on the host for all images together and applied as one masked select.
+    """
+
+    ATTEMPTS, MIN_AREA, MAX_AREA, LOG_RATIO = 10, 0.02, 1 / 3, (math.log(0.3), math.log(1 / 0.3))
+
+    def __init__(self, probability: float):
+        self.probability = probability
+
+    def boxes(self, batch: int, height: int, width: int) -> torch.Tensor:
+        """`B, 4` int64 (top, left, height, width) per image; height 0 where nothing is erased."""
+        area = height * width * torch.empty(batch, self.ATTEMPTS).uniform_(self.MIN_AREA, self.MAX_AREA)
+        ratio = torch.exp(torch.empty(batch, self.ATTEMPTS).uniform_(*self.LOG_RATIO))
+        h = torch.sqrt(area * ratio).round().long()
+        w = torch.sqrt(area / ratio).round().long()
+        fits = (h < height) & (w < width)
+        first = torch.where(fits.any(1), fits.int().argmax(1), 0)  # timm takes the first try that fits
+        h, w = h.gather(1, first[:, None])[:, 0], w.gather(1, first[:, None])[:, 0]
+        erase = fits.any(1) & (torch.rand(batch) < self.probability)
+        top = (torch.rand(batch) * (height - h + 1).clamp(min=1)).long()
+        left = (torch.rand(batch) * (width - w + 1).clamp(min=1)).long()
+        return torch.stack([top, left, h * erase, w * erase], dim=1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = images.shape
+        boxes = self.boxes(B, H, W)
+        if images.device.type == 'cuda':
+            boxes = boxes.pin_memory().to(images.device, non_blocking=True)
+        top, left, h, w = boxes.T.view(4, B, 1, 1, 1)
+        rows = torch.arange(H, device=images.device).view(1, 1, H, 1)
+        cols = torch.arange(W, device=images.device).view(1, 1, 1, W)
+        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        return torch.where(inside, torch.randn_like(images), images)
+
+
 class TrainTransform:
     """RandAugment -> normalise -> random erasing -> mixup/cutmix, on uint8 batches; seeded.
 
     Args:
+        augment: the variant's augmentation settings.
         num_classes: classes of the labels (for the mixed, smoothed targets).
-        auto_augment: timm RandAugment spec, or None.
-        reprob: random erasing probability (pixel mode).
-        mixup: mixup alpha (0: off).
-        cutmix: cutmix alpha (0: off).
-        smoothing: label smoothing.
-        seed: the seed of every random choice; call `n` of a transform uses `seed + n`.
+        seed: batch `index` draws its randomness from `seed + index`.
         device: where the batches live.
     """
 
-    def __init__(self, *, num_classes: int, auto_augment: str | None = 'rand-m9-mstd0.5-inc1', reprob: float = 0.25,
-                 mixup: float = 0.8, cutmix: float = 1.0, smoothing: float = 0.1, seed: int = 0,
-                 device: str | torch.device = 'cpu'):
+    def __init__(self, augment: Augment, *, num_classes: int, seed: int, device: torch.device):
         self.device = torch.device(device)
-        self.rand_augment = BatchRandAugment(auto_augment) if auto_augment else None
-        self.erase = RandomErasing(reprob, mode='pixel', device=self.device) if reprob > 0 else None
-        self.mix = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
-                    if mixup > 0 or cutmix > 0 else None)
-        self.num_classes, self.smoothing, self.seed, self.calls = num_classes, smoothing, seed, 0
+        self.rand_augment = BatchRandAugment(augment.auto_augment) if augment.auto_augment else None
+        self.erase = BatchRandomErasing(augment.reprob) if augment.reprob > 0 else None
+        self.mix = (Mixup(mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix, label_smoothing=augment.smoothing,
+                          num_classes=num_classes) if augment.mixing else None)
+        self.num_classes, self.smoothing, self.seed = num_classes, augment.smoothing, seed
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 `B, 3, H, W` and int labels `B` -> normalised float images and soft targets `B, num_classes`."""
-        with seeded(self.seed + self.calls, self.device):
-            self.calls += 1
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 `B, 3, H, W` and int labels `B` of batch `index` -> normalised float images and soft
+        targets `B, num_classes`."""
+        with seeded(self.seed + index, self.device):
             if self.rand_augment is not None:
                 images = self.rand_augment(images)
             images = normalize(images)

@@ -30,3 +30,10 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int], device: str |
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def model_size(model: nn.Module, img_size: int) -> dict[str, float]:
+    """Parameters (millions) and forward GMACs of one `img_size` x `img_size` image."""
+    device = next(model.parameters()).device
+    return dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                gmacs=count_macs(model, (3, img_size, img_size), device=device) / 1e9)

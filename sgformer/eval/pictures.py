@@ -26,16 +26,18 @@ def _save(fig, path: str | Path) -> None:
 
 
 def confusion_png(confusion: torch.Tensor, class_names: list[str], path: str | Path) -> None:
-    """The confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
+    """The confusion matrix (rows: true class, columns: predicted): with class names and counts in
+    the cells up to 30 classes; larger (ImageNet's 1000) as a picture of fixed size without labels."""
     n = len(class_names)
     counts = confusion.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n))
-    ax.imshow(counts, cmap='Blues')
-    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), class_names, fontsize=7)
+    side = min(1.0 + 0.5 * n, 12.0)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    ax.imshow(counts, cmap='Blues', interpolation='nearest')
     ax.set_xlabel('predicted')
     ax.set_ylabel('true')
     if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), class_names, fontsize=7)
         threshold = counts.max() / 2
         for (i, j), value in np.ndenumerate(counts):
             ax.text(j, i, str(value), ha='center', va='center', fontsize=6,

@@ -19,7 +19,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = 'auto') -> DistInfo:
+def init_distributed(device: str) -> DistInfo:
     """Initialise the default process group from torchrun's environment (read here, once).
 
     NCCL on CUDA, gloo on CPU. Without torchrun, a world of one process is created, so that

@@ -1,7 +1,8 @@
-"""Apply activation checkpointing, per-block compile and FSDP2 to an SG-Former, from outside the model.
+"""Apply activation checkpointing, compile and FSDP2 to an SG-Former, from outside the model.
 
 The model file knows nothing of sharding: this module reaches the blocks only through
-`model.stages[i].blocks`.
+`model.stages[i].blocks`. Order (torchtitan's): activation checkpointing, then compile, then
+`fully_shard` per block and on the root.
 """
 import torch
 import torch.nn as nn
@@ -9,7 +10,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-TORCH_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+from ..config import Runtime
+from ..runtime import DTYPES, apply_compile, compile_enabled, resolve_precision
 
 
 def _blocks(model: nn.Module):
@@ -25,10 +27,10 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         blocks[j] = checkpoint_wrapper(blocks[j], preserve_rng_state=True)
 
 
-def apply_compile(model: nn.Module) -> None:
-    """Compile each block (static shapes: one graph per resolution)."""
+def apply_block_compile(model: nn.Module, *, backend: str = 'inductor') -> None:
+    """Compile each block (static shapes): FSDP2's per-block hooks stay outside the graphs."""
     for blocks, j in _blocks(model):
-        blocks[j].compile(dynamic=False)
+        apply_compile(blocks[j], backend=backend)
 
 
 def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None, param_dtype: torch.dtype, reduce_dtype: torch.dtype) -> None:
@@ -39,33 +41,29 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None, param_dtype: torch.
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
-def parallelize(
-        model: nn.Module,
-        *,
-        mesh: DeviceMesh | None = None,
-        param_dtype: str = 'float32',
-        reduce_dtype: str = 'float32',
-        activation_checkpointing: bool = False,
-        compile: bool = False,
-        shard: bool = True,
-) -> nn.Module:
-    """Activation checkpointing, then per-block compile, then FSDP2; returns the model (changed in place).
+def parallelize(model: nn.Module, runtime: Runtime, *, device: torch.device, shard: bool,
+                mesh: DeviceMesh | None = None, compile_backend: str = 'inductor') -> nn.Module:
+    """Activation checkpointing, compile and FSDP2 as `runtime` asks; returns the model (changed in place).
 
     Args:
-        model: An SG-Former (anything with `stages[i].blocks`).
+        model: An SG-Former (anything with `stages[i].blocks`), already on `device`.
+        runtime: The `runtime` settings.
+        device: The device the run uses (decides 'auto' precision and compile).
+        shard: Apply FSDP2 (the trainer does when the world has more than one rank). Over one rank
+            it only adds copies and per-tensor DTensor dispatch, so a single process runs the
+            plain module under autocast instead.
         mesh: 1-D device mesh to shard over (default: the whole default process group).
-        param_dtype: Dtype of the unsharded parameters in forward/backward ('bfloat16' on GPU).
-        reduce_dtype: Dtype of the gradient reduce-scatter.
-        activation_checkpointing: Recompute block activations in backward.
-        compile: `torch.compile` each block.
-        shard: Apply FSDP2. Over a single float32 rank it changes no number and only adds copies
-            (up to 1.2x slower for sgformer_nano on CPU), so the trainer turns it off there.
+        compile_backend: torch.compile backend (tests count graphs with a counting backend).
     """
-    if activation_checkpointing:
+    if runtime.activation_checkpointing:
         apply_activation_checkpointing(model)
-    if compile:
-        apply_compile(model)
+    if compile_enabled(runtime.compile, device):
+        # Whole-model graphs when nothing shards (one graph per shape); per block under FSDP2.
+        if shard:
+            apply_block_compile(model, backend=compile_backend)
+        else:
+            apply_compile(model, backend=compile_backend)
     if shard:
-        apply_fsdp(model, mesh=mesh, param_dtype=TORCH_DTYPES[param_dtype],
-                   reduce_dtype=TORCH_DTYPES[reduce_dtype])
+        apply_fsdp(model, mesh=mesh, param_dtype=resolve_precision(runtime.precision, device),
+                   reduce_dtype=DTYPES[runtime.reduce_dtype])
     return model

@@ -1,13 +1,18 @@
-"""The training loop: FSDP2 model and EMA, AdamW with warmup + cosine per step, NaN guard,
-per-epoch evaluation of model and EMA, DCP checkpoints and automatic resume.
+"""The training loop: model and EMA (FSDP2 when the world has several ranks), AdamW with warmup +
+cosine per step, NaN guard, per-epoch evaluation of model and EMA, DCP checkpoints and resume.
 
-Build order (torchtitan's): process group -> seed -> model (+ EMA copy) -> parallelize ->
-optimizer -> schedule -> checkpoint resume. Randomness (augmentation, drop-path) is re-seeded
-from (seed, rank, epoch) at every epoch start, so a run resumed at an epoch boundary draws exactly
-the numbers the uninterrupted run drew.
+Build order (torchtitan's): seed -> model (+ EMA copy) -> parallelize -> optimizer -> schedule ->
+checkpoint resume. `Trainer.train_step` is the one training step the stage, the tests and the
+benchmarks run. It never waits for the device: the NaN guard decides on the device (the fused
+optimizer skips a non-finite step through `found_inf`, the EMA update is weighted by 0), and the
+loss statistics are copied back asynchronously and read `log_every` steps later, so the host
+queues step after step while the GPU works.
+
+Randomness (drop-path) is re-seeded from (seed, rank, epoch) at every epoch start, and the batch
+augmentation is seeded by the index of the batch, so a run resumed at an epoch boundary draws
+exactly the numbers the uninterrupted run drew.
 """
 import json
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,17 +23,25 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
+from torch.profiler import record_function
 from tqdm import tqdm
 
+from ..config import Checkpoint, Runtime, Variant
+from ..data.transforms import EvalTransform, TrainTransform
+from ..accuracy import accuracy_from_sums, classification_sums
+from ..runtime import autocast, resolve_precision
 from .checkpoint import ModelOptimizerState, load_latest_checkpoint, save_checkpoint
 from .distributed import DistInfo
-from .optim import create_ema, create_optimizer, create_scheduler
+from .optim import create_ema, create_optimizer, create_scheduler, floating_state, update_ema_
 from .parallelize import parallelize
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+# Device-side counters of `StepStats`, in this order.
+_LOSS_SUM, _GOOD_STEPS, _SKIPPED, _BAD_STREAK = range(4)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -37,7 +50,8 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class Progress(Stateful):
-    """Where the run is: saved in every checkpoint."""
+    """Where the run is: saved in every checkpoint. `step` counts the batches trained on
+    (optimizer steps, skipped ones included: the schedule advances on every batch)."""
 
     epoch: int = 0
     step: int = 0
@@ -56,30 +70,43 @@ class Progress(Stateful):
             setattr(self, key, value)
 
 
-@dataclass(frozen=True)
-class TrainSchedule:
-    """The recipe's step-level numbers, from the validated config."""
+class StepStats:
+    """Counters kept on the device: this epoch's loss sum and good steps, the run's skipped steps and
+    its current run of non-finite steps. They are read back without stalling the device:
+    `snapshot(step)` starts a copy into pinned host memory, `read()` returns the last snapshot
+    once its copy has landed (by then the device is usually far past it)."""
 
-    epochs: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: float
-    warmup_lr: float
-    min_lr: float
-    ema_decay: float
-    ema_warmup: bool
-    grad_clip: float | None
-    max_nonfinite_steps: int
+    def __init__(self, device: torch.device):
+        self.values = torch.zeros(4, dtype=torch.float64, device=device)
+        self._async = device.type == 'cuda'
+        self._host = torch.zeros(4, dtype=torch.float64, pin_memory=self._async)
+        self._event = torch.cuda.Event() if self._async else None
+        self._step: int | None = None
 
+    def record(self, loss: torch.Tensor, ok: torch.Tensor) -> None:
+        """Account one step: `loss` (the global mean) and `ok` (bool) are device scalars."""
+        ok = ok.double()
+        streak = (self.values[_BAD_STREAK] + 1) * (1 - ok)
+        self.values += torch.stack([torch.nan_to_num(loss.double() * ok), ok, 1 - ok, streak - self.values[_BAD_STREAK]])
 
-@dataclass(frozen=True)
-class Parallelism:
-    """How the model is spread and run, from the validated config."""
+    def snapshot(self, step: int) -> None:
+        self._host.copy_(self.values, non_blocking=self._async)
+        if self._event is not None:
+            self._event.record()
+        self._step = step
 
-    param_dtype: str = 'float32'
-    reduce_dtype: str = 'float32'
-    activation_checkpointing: bool = False
-    compile: bool = False
+    def read(self) -> tuple[int, list[float]] | None:
+        """`(step, values)` of the last `snapshot()`, or None when there is none pending."""
+        if self._step is None:
+            return None
+        if self._event is not None:
+            self._event.synchronize()
+        step, self._step = self._step, None
+        return step, self._host.tolist()
+
+    def start_epoch(self) -> None:
+        self.values[_LOSS_SUM] = 0
+        self.values[_GOOD_STEPS] = 0
 
 
 def _set_epoch(loader: Iterable, epoch: int) -> None:
@@ -90,49 +117,45 @@ def _set_epoch(loader: Iterable, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
 class Trainer:
     """Trains one variant; see the module docstring.
 
     Args:
-        model_name: timm model name.
-        model_kwargs: `timm.create_model` keyword arguments.
-        schedule: Optimisation recipe.
-        parallelism: Sharding / precision / compile choices.
+        variant: The resolved variant (model, recipe, augmentation, seed).
+        runtime: Device, precision, sharding, compile choices.
+        checkpoint: How often to save and how many to keep.
         dist_info: From `init_distributed()`.
         steps_per_epoch: Optimizer steps in one epoch (length of the train loader).
-        checkpoint_dir: Where DCP checkpoints live (resumed from automatically).
-        checkpoint_every: Save every this many epochs (and after the last).
-        keep_checkpoints: How many checkpoints to keep.
-        seed: Base seed; rank r uses seed + r for its randomness.
-        tracker: A `sgformer.tracking.Tracker`-like object (log_metrics, run_id), or None.
+        checkpoint_dir: Where DCP checkpoints live (resumed from by `resume()`).
+        loss_fn: `(logits, soft targets) -> loss`; timm's `SoftTargetCrossEntropy` by default.
+        compile_backend: torch.compile backend when `runtime.compile` is on.
     """
 
-    def __init__(self, *, model_name: str, model_kwargs: dict[str, Any], schedule: TrainSchedule,
-                 parallelism: Parallelism, dist_info: DistInfo, steps_per_epoch: int, checkpoint_dir: str | Path,
-                 checkpoint_every: int = 1, keep_checkpoints: int = 2, seed: int = 0, tracker=None):
-        self.schedule, self.dist, self.seed, self.tracker = schedule, dist_info, seed, tracker
-        self.steps_per_epoch = steps_per_epoch
-        self.checkpoint_dir, self.checkpoint_every, self.keep = Path(checkpoint_dir), checkpoint_every, keep_checkpoints
-        self.model_name, self.model_kwargs = model_name, model_kwargs
+    def __init__(self, variant: Variant, *, runtime: Runtime, checkpoint: Checkpoint, dist_info: DistInfo,
+                 steps_per_epoch: int, checkpoint_dir: str | Path,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 compile_backend: str = 'inductor'):
+        self.variant, self.world, self.checkpoint = variant, dist_info, checkpoint
+        self.steps_per_epoch, self.checkpoint_dir = steps_per_epoch, Path(checkpoint_dir)
+        self.device = dist_info.device
+        self.dtype = resolve_precision(runtime.precision, self.device)
+        self.loss_fn = loss_fn or SoftTargetCrossEntropy()
 
-        torch.manual_seed(seed)  # the same initial weights on every rank
-        self.model = timm.create_model(model_name, **model_kwargs)
-        self.ema = create_ema(self.model, decay=schedule.ema_decay, warmup=schedule.ema_warmup)
-        shard = dist_info.world_size > 1 or parallelism.param_dtype != 'float32'
+        torch.manual_seed(variant.seed)  # the same initial weights on every rank
+        self.model = timm.create_model(variant.model, **variant.model_kwargs()).to(self.device)
+        self.ema = create_ema(self.model, variant)
+        self.sharded = dist_info.world_size > 1
         for module in (self.model, self.ema.module):
-            parallelize(module, param_dtype=parallelism.param_dtype, reduce_dtype=parallelism.reduce_dtype,
-                        activation_checkpointing=parallelism.activation_checkpointing, compile=parallelism.compile,
-                        shard=shard)
-        self.optimizer = create_optimizer(self.model, lr=schedule.lr, weight_decay=schedule.weight_decay)
-        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
-        self.scheduler = create_scheduler(self.optimizer, total_steps=schedule.epochs * steps_per_epoch,
-                                          warmup_steps=warmup_steps, warmup_lr=schedule.warmup_lr, min_lr=schedule.min_lr)
+            parallelize(module, runtime, device=self.device, shard=self.sharded, compile_backend=compile_backend)
+        self.optimizer = create_optimizer(self.model, variant)
+        self.scheduler = create_scheduler(self.optimizer, variant, steps_per_epoch)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._ema_state, self._model_state = floating_state(self.ema.module), floating_state(self.model)
+
+        self.train_transform = TrainTransform(variant.augment, num_classes=variant.num_classes,
+                                              seed=variant.seed + 1_000_003 * dist_info.rank, device=self.device)
+        self.eval_transform = EvalTransform()
+        self.stats = StepStats(self.device)
         self.progress = Progress()
         self.checkpoint_state = {'model': ModelOptimizerState(self.model, self.optimizer, self.ema.module),
                                  'progress': self.progress}
@@ -142,105 +165,164 @@ class Trainer:
         step = load_latest_checkpoint(self.checkpoint_dir, self.checkpoint_state)
         if step is not None:
             self.scheduler.step_update(self.progress.step)
+            self.stats.values[_SKIPPED] = self.progress.skipped_steps
         return step is not None
 
-    def fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch],
-            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-            batch_transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
-            eval_transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
-            global_batch: int | None = None) -> list[dict[str, float]]:
+    # --- the step ------------------------------------------------------------------------------
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One optimizer step on a uint8 batch: augmentation, forward/backward under the recipe's
+        precision, NaN guard, gradient clipping, fused AdamW, EMA, schedule. Launches work only.
+
+        The profiler ranges (`train_step/forward`, ...) let `benchmarks/gpu_check.py` count what
+        the step dispatches outside the model."""
+        with record_function('train_step/augment'):
+            images, targets = self.train_transform(images, labels, index=self.progress.step)
+        with record_function('train_step/forward'), autocast(self.device, self.dtype):
+            loss = self.loss_fn(self.model(images), targets)
+        with record_function('train_step/backward'):
+            loss.backward()
+        with record_function('train_step/guard'):
+            loss = self._global_mean(loss.detach())
+            ok = torch.isfinite(loss)
+            if self.variant.grad_clip:
+                ok &= torch.isfinite(self._clip_gradients(self.variant.grad_clip))
+        with record_function('train_step/optimizer'):
+            # The fused AdamW skips the whole update on the device when found_inf is set (the
+            # protocol GradScaler uses), so deciding needs no host sync.
+            self.optimizer.found_inf = (~ok).float()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        with record_function('train_step/ema'):
+            decay = self.ema.get_decay(self.progress.step)
+            update_ema_(self._ema_state, self._model_state, ok * (1.0 - decay))
+        self.scheduler.step_update(self.progress.step)
+        with record_function('train_step/stats'):
+            self.stats.record(loss, ok)
+
+    def _global_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks (enqueued on the device; every rank then takes the same NaN decision)."""
+        if not self.sharded:
+            return value
+        value = value.float().clone()
+        dist.all_reduce(value)
+        return value / self.world.world_size
+
+    def _clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradients to a global L2 norm of at most `max_norm`; returns the norm before.
+
+        Works on the local shards (multi-tensor kernels, one all-reduce of the squared norm)
+        instead of `clip_grad_norm_` over DTensors, which dispatches once per tensor.
+        """
+        grads = [getattr(p.grad, '_local_tensor', p.grad) for p in self._params if p.grad is not None]
+        # torch's get_total_norm moves every per-tensor norm with its own .to(); here they share a device
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if self.sharded:
+            squared = norm.square()
+            dist.all_reduce(squared)
+            norm = squared.sqrt()
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+        return norm
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch], *, tracker=None,
+            log_every: int = 10) -> list[dict[str, float]]:
         """Train from the current progress to the last epoch; returns the per-epoch history.
 
         Args:
-            train_loader, val_loader: Rank-sharded iterables of `(images, labels)` on the device.
-            loss_fn: `(logits, targets) -> loss`; targets are what `batch_transform` returns.
-            batch_transform: Train-time batch augmentation, e.g. mixup to soft targets.
-            eval_transform: Val-time batch preprocessing (e.g. normalisation); labels stay class ids.
-            global_batch: Images per optimizer step over all ranks (for img/s).
+            train_loader, val_loader: Rank-sharded iterables of uint8 `(images, labels)` on the device.
+            tracker: A `sgformer.tracking.Tracker` (per-step and per-epoch metrics), or None.
+            log_every: Read the step statistics back (NaN guard, progress bar, tracker) every this many steps.
         """
-        while self.progress.epoch < self.schedule.epochs:
+        while self.progress.epoch < self.variant.epochs:
             epoch = self.progress.epoch
-            torch.manual_seed(self.seed + self.dist.rank + 100_003 * (epoch + 1))
+            torch.manual_seed(self.variant.seed + self.world.rank + 100_003 * (epoch + 1))
             _set_epoch(train_loader, epoch)
             started = time.perf_counter()
-            train_loss = self._train_epoch(train_loader, loss_fn, batch_transform, global_batch)
+            train_loss = self._train_epoch(train_loader, tracker, log_every)
             record = dict(epoch=epoch, train_loss=train_loss, lr=self.optimizer.param_groups[0]['lr'],
                           epoch_time_s=time.perf_counter() - started)
-            record.update({f'val_{k}': v for k, v in self.evaluate(self.model, val_loader, eval_transform).items()})
-            record.update({f'val_ema_{k}': v for k, v in self.evaluate(self.ema.module, val_loader, eval_transform).items()})
+            record.update({f'val_{k}': v for k, v in self.evaluate(self.model, val_loader).items()})
+            record.update({f'val_ema_{k}': v for k, v in self.evaluate(self.ema.module, val_loader).items()})
             self.progress.history.append(record)
             self.progress.epoch += 1
-            if self.tracker is not None:
-                self.tracker.log_metrics({k: v for k, v in record.items() if k != 'epoch'}, step=epoch)
-            if self.progress.epoch % self.checkpoint_every == 0 or self.progress.epoch == self.schedule.epochs:
-                save_checkpoint(self.checkpoint_dir, self.progress.step, self.checkpoint_state, keep=self.keep)
+            if tracker is not None:
+                tracker.log_epoch(record)
+            if self.progress.epoch % self.checkpoint.every_epochs == 0 or self.progress.epoch == self.variant.epochs:
+                save_checkpoint(self.checkpoint_dir, self.progress.step, self.checkpoint_state, keep=self.checkpoint.keep)
         return self.progress.history
 
-    def _train_epoch(self, loader, loss_fn, batch_transform, global_batch) -> float:
+    def _train_epoch(self, loader: Iterable[Batch], tracker, log_every: int) -> float:
         self.model.train()
-        total, count, consecutive_bad = 0.0, 0, 0
-        bar = tqdm(loader, total=self.steps_per_epoch, disable=not self.dist.is_main, leave=False,
+        self.stats.start_epoch()
+        bar = tqdm(total=self.steps_per_epoch, disable=not self.world.is_main, leave=False,
                    desc=f'epoch {self.progress.epoch}', unit='step')
-        tick = time.perf_counter()
-        for images, labels in bar:
-            if batch_transform is not None:
-                images, labels = batch_transform(images, labels)
-            loss = loss_fn(self.model(images), labels)
-            loss.backward()
-            (global_loss,) = _all_reduce_sum([loss.item()], self.dist.device)  # also the NaN guard's one sync
-            global_loss /= self.dist.world_size
-            if not math.isfinite(global_loss):
-                consecutive_bad = self._skip_step(consecutive_bad + 1)
-                continue
-            consecutive_bad = 0
-            if self.schedule.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.schedule.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.progress.step += 1
-            self.ema.update(self.model, self.progress.step)
-            self.scheduler.step_update(self.progress.step)
-            total, count = total + global_loss, count + 1
-            now = time.perf_counter()
-            images_per_s = (global_batch or images.shape[0] * self.dist.world_size) / (now - tick)
-            tick = now
-            bar.set_postfix(loss=f'{global_loss:.4f}', img_s=f'{images_per_s:.0f}')
-            if self.tracker is not None:
-                self.tracker.log_metrics({'train/loss': global_loss, 'train/lr': self.optimizer.param_groups[0]['lr'],
-                                          'train/img_s': images_per_s}, step=self.progress.step)
-        return total / max(count, 1)
+        window = _Window(self.variant.batch_size, self.progress.step)
+        for images, labels in loader:
+            self.train_step(images, labels)
+            bar.update(1)
+            if self.progress.step % log_every == 0:
+                self._report(window.close(self.stats.read()), bar, tracker)  # the previous snapshot
+                self.stats.snapshot(self.progress.step)
+        self.stats.snapshot(self.progress.step)
+        self._report(window.close(self.stats.read()), bar, tracker)  # the epoch's last values: one sync
+        bar.close()
+        loss_sum, good = self.stats.values[_LOSS_SUM].item(), self.stats.values[_GOOD_STEPS].item()
+        return loss_sum / max(good, 1)
 
-    def _skip_step(self, consecutive_bad: int) -> int:
-        """Drop the gradients of a step whose loss is not finite; give up after too many in a row."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.progress.skipped_steps += 1
-        if self.tracker is not None:
-            self.tracker.log_metrics({'train/skipped_steps': self.progress.skipped_steps}, step=self.progress.step)
-        if consecutive_bad >= self.schedule.max_nonfinite_steps:
+    def _report(self, window: dict | None, bar, tracker) -> None:
+        """Act on statistics read back from the device: NaN guard, progress bar, tracker."""
+        if window is None:
+            return
+        self.progress.skipped_steps = int(window['skipped'])
+        if window['streak'] >= self.variant.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f'loss was NaN/inf for {consecutive_bad} consecutive steps (max_nonfinite_steps='
-                f'{self.schedule.max_nonfinite_steps}); lower the learning rate or check the data')
-        return consecutive_bad
+                f"loss was NaN/inf for {int(window['streak'])} consecutive steps (max_nonfinite_steps="
+                f'{self.variant.max_nonfinite_steps}); lower the learning rate or check the data')
+        if window['loss'] is None:
+            return
+        bar.set_postfix(loss=f"{window['loss']:.4f}", img_s=f"{window['img_s']:.0f}")
+        if tracker is not None:
+            tracker.log_step(dict(loss=window['loss'], lr=self.optimizer.param_groups[0]['lr'], img_s=window['img_s'],
+                                  skipped_steps=window['skipped']), step=window['step'])
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Iterable[Batch],
-                 transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:
         """Top-1 / top-5 accuracy and loss over the whole (rank-sharded) loader."""
         model.eval()
-        correct1 = correct5 = loss_sum = seen = 0.0
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         for images, labels in loader:
-            if transform is not None:
-                images, labels = transform(images, labels)
-            logits = model(images).float()
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top5[:, 0] == labels).sum().item()
-            correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
-            loss_sum += F.cross_entropy(logits, labels, reduction='sum').item()
-            seen += labels.numel()
-        correct1, correct5, loss_sum, seen = _all_reduce_sum([correct1, correct5, loss_sum, seen], self.dist.device)
-        return dict(top1=correct1 / max(seen, 1), top5=correct5 / max(seen, 1), loss=loss_sum / max(seen, 1))
+            images, labels = self.eval_transform(images, labels)
+            with autocast(self.device, self.dtype):
+                logits = model(images)
+            sums += classification_sums(logits, labels)
+        if dist.is_initialized() and self.world.world_size > 1:
+            dist.all_reduce(sums)
+        return accuracy_from_sums(sums.tolist())
 
     def full_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Collective: unsharded (model, EMA) weights; complete on rank 0, empty elsewhere."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options), get_model_state_dict(self.ema.module, options=options)
+
+
+class _Window:
+    """Turns successive `StepStats` read-backs into the mean loss and img/s since the last one."""
+
+    def __init__(self, global_batch: int, step: int):
+        self.global_batch, self.step, self.time = global_batch, step, time.perf_counter()
+        self.loss_sum = self.good = 0.0
+
+    def close(self, snapshot: tuple[int, list[float]] | None) -> dict | None:
+        if snapshot is None:
+            return None
+        step, values = snapshot
+        now = time.perf_counter()
+        good = values[_GOOD_STEPS] - self.good
+        window = dict(loss=(values[_LOSS_SUM] - self.loss_sum) / good if good else None, step=step,
+                      img_s=self.global_batch * (step - self.step) / max(now - self.time, 1e-9),
+                      skipped=values[_SKIPPED], streak=values[_BAD_STREAK])
+        self.step, self.time, self.loss_sum, self.good = step, now, values[_LOSS_SUM], values[_GOOD_STEPS]
+        return window

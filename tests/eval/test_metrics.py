@@ -6,7 +6,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sgformer.accuracy import accuracy_from_sums, classification_sums
 from sgformer.eval.metrics import classification_metrics, measure_speed, predict
+
+
+def test_sums_add_over_batches_to_the_whole_set_metrics():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(10, 7), torch.randint(0, 7, (10,))
+    whole = classification_metrics(logits, labels)
+    parts = classification_sums(logits[:4], labels[:4]) + classification_sums(logits[4:], labels[4:])
+    summed = accuracy_from_sums(parts)
+    assert summed == pytest.approx({k: whole[k] for k in ('top1', 'top5', 'loss')})
 
 
 def test_metrics_of_known_predictions():
@@ -36,5 +46,5 @@ def test_predict_concatenates_batches_in_order():
 
 
 def test_speed_is_positive_and_consistent():
-    speed = measure_speed(nn.Conv2d(3, 4, 3), batch_size=4, img_size=32, steps=3, warmup=1)
+    speed = measure_speed(nn.Conv2d(3, 4, 3), batch_size=4, img_size=32, steps=3)
     assert speed['img_s'] > 0 and speed['img_s'] == pytest.approx(4 / (speed['latency_ms'] / 1000))

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from pipeline.convert import main
-from sgformer.data.sample import synset, write_sample
+from sgformer.config import Sample
+from sgformer.datasets.sample import synset, write_sample
 
 PARAMS = """
 data: {{source: {src}, betons: {out}}}
@@ -22,20 +23,21 @@ def run(tmp_path, max_bad=0.2):
 
 @pytest.mark.timeout(120)
 def test_convert_writes_every_output(tmp_path):
-    write_sample(tmp_path / 'src', num_classes=3, train_per_class=6, val_per_class=2)
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=6, val_per_class=2))
     run(tmp_path)
     names = sorted(p.name for p in (tmp_path / 'betons').iterdir())
     assert names == ['class_index.json', 'train.beton', 'val.beton']
     metrics = json.loads((tmp_path / 'm.json').read_text())
     readable = {d.name: len([f for f in d.iterdir() if not f.stem.endswith(('truncated', 'empty'))])
                 for d in sorted((tmp_path / 'src' / 'train').iterdir())}
-    assert metrics['train']['per_class'] == readable and set(readable) == {synset(k) for k in range(3)}
+    report = json.loads((tmp_path / 'bad.json').read_text())
+    assert report['per_class']['train'] == readable and set(readable) == {synset(k) for k in range(3)}
     assert metrics['val']['images'] == 7 and metrics['images_per_s'] > 0 and metrics['train']['bytes'] > 0
     assert json.loads((tmp_path / 'bad.json').read_text())['count'] == 2
 
 
 def test_convert_missing_split_exits_with_message(tmp_path):
-    write_sample(tmp_path / 'src', num_classes=2, train_per_class=1, val_per_class=1, bad_files=False)
+    write_sample(tmp_path / 'src', Sample(num_classes=2, train_per_class=1, val_per_class=1, bad_files=False))
     for f in (tmp_path / 'src' / 'val').rglob('*'):
         f.unlink() if f.is_file() else None
     for d in (tmp_path / 'src' / 'val').iterdir():

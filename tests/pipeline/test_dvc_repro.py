@@ -1,6 +1,14 @@
-"""The whole pipeline through a real `dvc repro`, in a throwaway copy of the repository with a
-shrunken params.yaml: every stage's outputs, DVC metrics, the MLflow store, a second repro that
-does nothing, and a one-variant param change that reruns only that variant."""
+"""The whole pipeline through a real `dvc repro`, and then the README's own commands, in one
+throwaway copy of the repository with a shrunken params.yaml (the "tiny overrides"):
+
+- every stage's outputs, DVC metrics and the MLflow store after the first `dvc repro`;
+- a second repro does nothing, and an edit to a module a stage imports marks that stage changed;
+- every shell block of the README that is not marked `readme-test: skip`, extracted from the
+  README itself and run verbatim in one bash session (activation included), against a generated
+  ImageNet-layout folder for `/datasets/imagenet`: two DVC experiments that compare in `dvc exp
+  show`, `dvc metrics diff` and `dvc plots diff`, the switch to the ImageNet profile, the
+  significance command.
+"""
 import json
 import os
 import re
@@ -10,10 +18,14 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
+BLOCK = re.compile(r'(<!-- readme-test: skip \((?P<why>[^)]*)\) -->\n)?```bash\n(?P<code>.*?)```', re.S)
+GIT = ['git', '-c', 'user.name=t', '-c', 'user.email=t@t']
 
 
 def shrink(params: dict) -> dict:
@@ -26,23 +38,49 @@ def shrink(params: dict) -> dict:
     return params
 
 
+def env() -> dict[str, str]:
+    return dict(os.environ, DVC_NO_ANALYTICS='1', MLFLOW_DISABLE_TELEMETRY='true', PYTHONWARNINGS='ignore')
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, '-m', 'dvc', *args], cwd=repo, capture_output=True, text=True, check=True,
+                          env=env()).stdout
+
+
+def changed_stages(repo: Path) -> set[str]:
+    return set(json.loads(dvc(repo, 'status', '--json')))
+
+
+def edited(repo: Path, module: str):
+    """Append a comment to a module (a code change DVC must notice); returns the undo."""
+    path = repo / module
+    original = path.read_text()
+    path.write_text(original + '\n# edited\n')
+    return lambda: path.write_text(original)
+
+
 def copy_repo(dest: Path) -> None:
+    """The tracked files (as they are in the working tree) in a fresh git repository, with this
+    checkout's .venv linked in."""
     files = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for rel in filter(None, files.split('\0')):
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     (dest / 'dvc.lock').unlink(missing_ok=True)
-    git = ['git', '-c', 'user.name=t', '-c', 'user.email=t@t']
+    (dest / '.venv').symlink_to(Path(sys.executable).resolve().parents[1] if not (ROOT / '.venv').exists()
+                                else ROOT / '.venv')
     subprocess.run(['git', 'init', '-q'], cwd=dest, check=True)
-    subprocess.run(git + ['add', '-A'], cwd=dest, check=True)
-    subprocess.run(git + ['commit', '-qm', 'copy'], cwd=dest, check=True)
+    commit(dest, 'copy')
+
+
+def commit(repo: Path, message: str) -> None:
+    subprocess.run(GIT + ['add', '-A'], cwd=repo, check=True)
+    subprocess.run(GIT + ['commit', '-qm', message], cwd=repo, check=True)
 
 
 def repro(repo: Path) -> str:
-    env = dict(os.environ, DVC_NO_ANALYTICS='1', MLFLOW_DISABLE_TELEMETRY='true', PYTHONWARNINGS='ignore',
-               PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')
-    proc = subprocess.run([sys.executable, '-m', 'dvc', 'repro'], cwd=repo, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, '-m', 'dvc', 'repro'], cwd=repo, env=env(), capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return proc.stdout + proc.stderr
@@ -52,51 +90,130 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_dvc_repro_end_to_end(tmp_path):
-    repo = tmp_path / 'repo'
+def imagenet_like(root: Path, classes: int = 1000) -> Path:
+    """An ImageNet-layout folder with the real number of classes and tiny images (2 train, 1 val each)."""
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 2), ('val', 1)):
+        for k in range(classes):
+            folder = root / split / f'n{k:08d}'
+            folder.mkdir(parents=True)
+            colour = rng.integers(0, 256, 3)
+            for i in range(count):
+                pixels = np.clip(colour + rng.normal(0, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f'n{k:08d}_{i}.JPEG', quality=80)
+    return root
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    """The repository copy after the first `dvc repro` of the shrunken demo, committed."""
+    repo = tmp_path_factory.mktemp('repo')
     copy_repo(repo)
     params = shrink(yaml.safe_load((repo / 'params.yaml').read_text()))
     (repo / 'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
+    output = repro(repo)
+    commit(repo, 'demo run')  # dvc.lock, metrics, plots and reports are committed, as the README says
+    return repo, params, output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_first_repro_writes_every_output(demo):
+    repo, params, first = demo
     variants = list(params['variants'])
     assert len(variants) == 2
-
-    first = repro(repo)
     assert stages_run(first) == {'describe', 'make_sample', 'convert'} | {
         f'{stage}@{v}' for stage in ('train', 'evaluate') for v in variants}
     assert {p.name for p in (repo / 'data' / 'betons').iterdir()} == {'train.beton', 'val.beton', 'class_index.json'}
     for v in variants:
-        assert {p.name for p in (repo / 'models' / v).iterdir()} == {'card.json', 'model.safetensors', 'ema.safetensors'}
+        assert {p.name for p in (repo / 'models' / v).iterdir()} == {'card.json', 'config.json', 'model.safetensors',
+                                                                    'raw.safetensors'}
         assert 'val_ema_top1' in json.loads((repo / 'metrics' / f'{v}.json').read_text())
         evaluation = json.loads((repo / 'metrics' / f'eval_{v}.json').read_text())
         assert {'top1', 'top5', 'img_s', 'gmacs', 'top1_96'} <= set(evaluation) and evaluation['images'] == 3 * 3 + 1
-        assert {p.name for p in (repo / 'plots' / v).iterdir()} == {'train.tsv', 'confusion.csv', 'per_class.tsv', 'images'}
-    shown = subprocess.run([sys.executable, '-m', 'dvc', 'metrics', 'show', '--json'], cwd=repo, capture_output=True,
-                           text=True, check=True, env=dict(os.environ, DVC_NO_ANALYTICS='1')).stdout
-    assert f'metrics/eval_{variants[0]}.json' in shown
+        # the pictures are DVC-cached (plots/<v>/.gitignore); the tables are committed with the experiment
+        assert {p.name for p in (repo / 'plots' / v).iterdir()} == {'train.tsv', 'confusion.csv', 'per_class.tsv',
+                                                                   'images', '.gitignore'}
+    assert f'metrics/eval_{variants[0]}.json' in dvc(repo, 'metrics', 'show', '--json')
 
     client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{repo}/mlflow.db')
     experiment = client.get_experiment_by_name(params['tracking']['experiment'])
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == set(variants)
     for run in runs.values():
-        assert {'val_ema_top1', 'eval/top1', 'eval/img_s'} <= set(run.data.metrics)
+        assert {'val/ema_top1', 'eval/top1', 'eval/img_s'} <= set(run.data.metrics)
         logged = {a.path for a in client.list_artifacts(run.info.run_id, 'eval')}
         assert {'eval/confusion.png', 'eval/significance_stage0.png'} <= logged
-        assert {a.path for a in client.list_artifacts(run.info.run_id, 'model')} >= {'model/ema.safetensors'}
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_nothing_reruns_and_code_edits_mark_their_stages(demo):
+    repo, params, _ = demo
+    variants = list(params['variants'])
     assert stages_run(repro(repo)) == set()  # nothing changed, nothing runs
+    assert changed_stages(repo) == set()
+    # Code a stage imports is one of its dependencies (tests/test_dvc_yaml.py checks every module).
+    undo = edited(repo, 'sgformer/eval/pictures.py')
+    assert changed_stages(repo) == {'describe'} | {f'evaluate@{v}' for v in variants}
+    undo()
+    undo = edited(repo, 'sgformer/train/trainer.py')
+    assert changed_stages(repo) == {f'train@{v}' for v in variants}
+    undo()
+    undo = edited(repo, 'sgformer/config.py')
+    assert changed_stages(repo) == {'describe', 'make_sample', 'convert'} | {
+        f'{stage}@{v}' for stage in ('train', 'evaluate') for v in variants}
+    undo()
+    assert changed_stages(repo) == set()
 
-    changed, kept = variants
-    old_weights = (repo / 'models' / changed / 'ema.safetensors').read_bytes()
-    kept_weights = (repo / 'models' / kept / 'ema.safetensors').read_bytes()
-    params['variants'][changed]['lr'] = 5e-4
-    (repo / 'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
-    third = repro(repo)
-    # `describe` reads the whole `variants` section (it is cheap); of the variants only `changed` reruns
-    assert stages_run(third) - {'describe'} == {f'train@{changed}', f'evaluate@{changed}'}
-    assert (repo / 'models' / changed / 'ema.safetensors').read_bytes() != old_weights  # retrained, not resumed
-    assert (repo / 'models' / kept / 'ema.safetensors').read_bytes() == kept_weights
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(variants + [changed])  # a new run for the new settings
+
+def readme_blocks() -> tuple[list[str], list[str]]:
+    """The README's bash blocks: (run by this test, skipped with a reason)."""
+    run, skipped = [], []
+    for match in BLOCK.finditer((ROOT / 'README.md').read_text()):
+        (skipped if match['why'] else run).append(match['code'])
+    return run, skipped
+
+
+def test_readme_blocks_are_found_and_every_skip_says_why():
+    run, skipped = readme_blocks()
+    assert run and skipped and len(run) + len(skipped) == (ROOT / 'README.md').read_text().count('```bash')
+    assert run[0].strip() == 'source .venv/bin/activate'
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_readme_commands_run_verbatim(demo, tmp_path):
+    repo, params, _ = demo
+    imagenet = imagenet_like(tmp_path / 'imagenet')
+    blocks, _ = readme_blocks()
+    script = ['set -euo pipefail']
+    for i, code in enumerate(blocks):
+        script += [f'echo "::block {i}::"', code.replace('/datasets/imagenet', str(imagenet))]
+    proc = subprocess.run(['bash', '-c', '\n'.join(script)], cwd=repo, capture_output=True, text=True,
+                          env=dict(env(), PATH=os.environ['PATH']), timeout=2300)
+    outputs = dict(zip(blocks, re.split(r'::block \d+::\n', proc.stdout + proc.stderr)[1:]))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    experiments = next(out for code, out in outputs.items() if "++variants.nano.lr" in code)
+    assert stages_run(experiments) >= {'train@nano', 'evaluate@nano', 'train@nano_dp'}
+    # every training run is an MLflow run: the demo's two, both variants for train.lr, only nano for its own lr
+    client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{repo}/mlflow.db')
+    experiment = client.get_experiment_by_name(params['tracking']['experiment'])
+    names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
+    assert names == ['nano', 'nano', 'nano', 'nano_dp', 'nano_dp']
+    shown = json.loads(dvc(repo, 'exp', 'show', '--json'))
+    metrics = json.dumps(shown)
+    assert 'eval_nano.json' in metrics and 'val_ema_top1' in metrics and '"top1"' in metrics
+    assert 'recipes' not in metrics
+    diff = json.loads(dvc(repo, 'metrics', 'diff', 'HEAD', '--json'))
+    assert any(values.get('old') is not None and values.get('new') is not None
+               for file in diff.values() for values in file.values())
+    assert (repo / 'dvc_plots' / 'index.html').exists()
+    assert (repo / 'plots' / 'mine' / 'significance_stage0.png').exists()
+
+    card = json.loads((repo / 'models' / 's' / 'card.json').read_text())  # the ImageNet profile's check
+    assert card['model'] == 'sgformer_nano' and card['model_kwargs']['num_classes'] == 1000
+    assert len(card['class_index']) == 1000
+    evaluation = json.loads((repo / 'metrics' / 'eval_s.json').read_text())
+    assert evaluation['images'] == 1000 and evaluation['img_size'] == 64

@@ -13,8 +13,9 @@ import torch
 from pipeline.convert import main as convert
 from pipeline.evaluate import main as evaluate
 from pipeline.import_official import import_official
-from sgformer.data.sample import write_sample
-from sgformer.train.export import load_export
+from sgformer.config import Sample
+from sgformer.datasets.sample import write_sample
+from sgformer.export import load_export
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures'
 PARAMS = """
@@ -43,11 +44,11 @@ def official_export(tmp_path_factory) -> tuple[Path, dict]:
 def test_imported_ema_gives_the_official_logits(official_export):
     export, fixture = official_export
     model, card = load_export(export, 'ema')
-    assert card['model'] == 'sgformer_nano' and set(card['weights']) == {'model', 'ema'}
+    assert card['model'] == 'sgformer_nano' and card['weights'] == {'ema': 'model.safetensors', 'raw': 'raw.safetensors'}
     with torch.no_grad():
         logits = model(fixture['input'])
     torch.testing.assert_close(logits, fixture['logits'], atol=1e-4, rtol=0)
-    plain, _ = load_export(export, 'model')  # state_dict (here: halved weights), not the EMA
+    plain, _ = load_export(export, 'raw')  # state_dict (here: halved weights), not the EMA
     with torch.no_grad():
         assert not torch.allclose(plain(fixture['input']), logits, atol=1e-3)
 
@@ -56,13 +57,14 @@ def test_imported_ema_gives_the_official_logits(official_export):
 @pytest.mark.timeout(600)
 def test_evaluate_stage_on_an_imported_checkpoint(tmp_path, official_export):
     export, fixture = official_export
-    write_sample(tmp_path / 'src', num_classes=10, train_per_class=1, val_per_class=2)
+    write_sample(tmp_path / 'src', Sample(num_classes=10, train_per_class=1, val_per_class=2))
     uri = f'sqlite:///{tmp_path}/mlflow.db'
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri))
     convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
     evaluate(['--params', str(params), '--variant', 'official', '--model-dir', str(export),
-              '--metrics', str(tmp_path / 'metrics'), '--plots', str(tmp_path / 'plots')])
+              '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'metrics'),
+              '--plots', str(tmp_path / 'plots')])
 
     metrics = json.loads((tmp_path / 'metrics' / 'eval_official.json').read_text())
     val_images = 10 * 2 + 1  # + the grayscale odd file, which converts to RGB
@@ -70,6 +72,7 @@ def test_evaluate_stage_on_an_imported_checkpoint(tmp_path, official_export):
     official_params = sum(v.numel() for k, v in fixture['state_dict'].items() if v.is_floating_point())
     assert metrics['params_m'] == pytest.approx(official_params / 1e6) and 0 < metrics['gmacs'] < 1
     assert {'top1', 'top5', 'loss', 'img_s', 'latency_ms', 'top1_256'} <= set(metrics)
+    assert (metrics['speed_device'], metrics['speed_dtype']) == ('cpu', 'float32')
     rows = list(csv.DictReader((tmp_path / 'plots' / 'official' / 'confusion.csv').open()))
     assert len(rows) == val_images
     assert metrics['top1'] == pytest.approx(sum(r['actual'] == r['predicted'] for r in rows) / val_images)
@@ -82,3 +85,16 @@ def test_evaluate_stage_on_an_imported_checkpoint(tmp_path, official_export):
     assert run.data.tags['stage'] == 'evaluate'
     logged = {a.path for a in client.list_artifacts(run.info.run_id, 'eval')}
     assert {'eval/confusion.png', 'eval/significance_stage0.png', 'eval/per_class_top1.json'} <= logged
+
+
+def test_evaluate_refuses_an_export_of_other_classes(tmp_path, official_export):
+    export, _ = official_export
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=2, val_per_class=1, bad_files=False))
+    params = tmp_path / 'params.yaml'
+    params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=f'sqlite:///{tmp_path}/m.db'))
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(['--params', str(params), '--variant', 'official', '--model-dir', str(export),
+                  '--metrics', str(tmp_path / 'metrics'), '--plots', str(tmp_path / 'plots')])
+    assert 'the export has 10 classes but' in str(exit_info.value.code) and 'has 3' in str(exit_info.value.code)
+    assert not (tmp_path / 'metrics').exists()

@@ -16,7 +16,8 @@ import torch
 
 import sgformer  # noqa: F401
 from pipeline.convert import main as convert
-from sgformer.data.sample import write_sample
+from sgformer.config import Sample
+from sgformer.datasets.sample import write_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = """
@@ -24,7 +25,7 @@ data: {{source: {src}, betons: {betons}}}
 convert: {{max_resolution: 80, write_mode: jpg, max_bad_fraction: 0.3}}
 loader: {{num_workers: 1}}
 train: {{epochs: 2, batch_size: 8, world_size: 2, img_size: 64, num_classes: 3, warmup_epochs: 1, drop_path_rate: 0.1}}
-tracking: {{tracking_uri: '{uri}', experiment: stage-test, system_metrics: false}}
+tracking: {{tracking_uri: '{uri}', experiment: stage-test, system_metrics: false, log_every_steps: 1}}
 variants:
   nano: {{model: sgformer_nano}}
 """
@@ -32,7 +33,7 @@ variants:
 
 def train_command(out: Path, params: Path) -> list[str]:
     return [sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'nano',
-            '--models', str(out / 'models'), '--checkpoints', str(out / 'ckpt'),
+            '--report', str(params.parent / 'bad.json'), '--models', str(out / 'models'), '--checkpoints', str(out / 'ckpt'),
             '--metrics', str(out / 'metrics'), '--plots', str(out / 'plots')]
 
 
@@ -48,7 +49,7 @@ def train(out: Path, params: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_train_stage_two_ranks(tmp_path):
-    write_sample(tmp_path / 'src', num_classes=3, train_per_class=12, val_per_class=4)
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=12, val_per_class=4))
     uri = f'sqlite:///{tmp_path}/mlflow.db'
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri))
@@ -59,15 +60,16 @@ def test_train_stage_two_ranks(tmp_path):
     model_dir = tmp_path / 'models' / 'nano'
     card = json.loads((model_dir / 'card.json').read_text())
     assert card['model'] == 'sgformer_nano' and len(card['class_index']) == 3
+    assert sorted(p.name for p in model_dir.iterdir()) == ['card.json', 'config.json', 'model.safetensors',
+                                                            'raw.safetensors']
     metrics = json.loads((tmp_path / 'metrics' / 'nano.json').read_text())
     assert {'train_loss', 'val_top1', 'val_ema_top1', 'val_top5'} <= set(metrics)
     rows = list(csv.DictReader((tmp_path / 'plots' / 'nano' / 'train.tsv').open(), delimiter='\t'))
     assert [r['epoch'] for r in rows] == ['0', '1']
 
-    ema = timm.create_model('sgformer_nano', pretrained=True, **card['model_kwargs'], pretrained_cfg_overlay=dict(
-        file=str(model_dir / 'ema.safetensors'), num_classes=3)).eval()
+    ema = timm.create_model(f'local-dir:{model_dir}', pretrained=True).eval()
     raw = timm.create_model('sgformer_nano', pretrained=True, **card['model_kwargs'], pretrained_cfg_overlay=dict(
-        file=str(model_dir / 'model.safetensors'), num_classes=3)).eval()
+        file=str(model_dir / 'raw.safetensors'), num_classes=3)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert not torch.equal(ema(x), raw(x))  # the EMA is its own set of weights
@@ -77,13 +79,16 @@ def test_train_stage_two_ranks(tmp_path):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == 'nano' and run.info.status == 'FINISHED'
     assert card['mlflow_run_id'] == run.info.run_id  # the evaluate stage logs into this run
-    assert run.data.params['train.epochs'] == '2' and run.data.params['variant.model'] == 'sgformer_nano'
-    assert run.data.tags['world_size'] == '2' and len(run.data.tags['git.commit']) == 40
+    assert run.data.params['train.epochs'] == '2' and run.data.params['model'] == 'sgformer_nano'
+    assert run.data.params['variant'] == 'nano' and not any(k.startswith('variants.') for k in run.data.params)
+    assert run.data.tags['world_size'] == '2' and len(run.data.tags['mlflow.source.git.commit']) == 40
     steps_per_epoch = 36 // 8  # 36 readable train images (3 x 12), global batch 8, drop_last
-    assert len(client.get_metric_history(run.info.run_id, 'train/loss')) == 2 * steps_per_epoch
-    assert [m.step for m in client.get_metric_history(run.info.run_id, 'val_ema_top1')] == [0, 1]
+    # read back every tracking.log_every_steps (1 here) and at each epoch's end, without waiting on the device
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'train/loss')] == \
+        list(range(1, 2 * steps_per_epoch + 1))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'val/ema_top1')] == [0, 1]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, 'model')}
-    assert artifacts == {'model/card.json', 'model/model.safetensors', 'model/ema.safetensors'}
+    assert artifacts == {'model/card.json', 'model/config.json', 'model/model.safetensors', 'model/raw.safetensors'}
 
     # A rerun finds the last checkpoint complete: nothing is retrained, and the same run is continued.
     again = train(tmp_path, params)
@@ -93,14 +98,19 @@ def test_train_stage_two_ranks(tmp_path):
     assert len(client.get_metric_history(run.info.run_id, 'train/loss')) == 2 * steps_per_epoch
 
 
+def first(paths) -> Path | None:
+    return next(iter(paths), None)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_kill_9_mid_run_then_rerun_matches_uninterrupted(tmp_path):
-    """kill -9 of the whole torchrun process group after the first checkpoint, then a rerun: it
-    resumes and ends with exactly the uninterrupted run's numbers. FFCV draws its crops and flips
-    from unseeded per-thread generators, so this run turns them off (the seeded batch
-    augmentation, mixup and drop-path stay on)."""
-    write_sample(tmp_path / 'src', num_classes=3, train_per_class=12, val_per_class=4)
+def test_kill_9_during_a_checkpoint_save_and_during_the_export_then_rerun_matches_uninterrupted(tmp_path, kill_when):
+    """kill -9 of the whole torchrun process group while both ranks write a checkpoint, a rerun
+    killed while it writes the export, then a rerun to the end: it ends with exactly the
+    uninterrupted run's numbers and weights. FFCV draws its crops and flips from unseeded
+    per-thread generators, so this run turns them off (the seeded batch augmentation, mixup and
+    drop-path stay on)."""
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=12, val_per_class=4))
     uri = f'sqlite:///{tmp_path}/mlflow.db'
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace(
@@ -111,25 +121,26 @@ def test_kill_9_mid_run_then_rerun_matches_uninterrupted(tmp_path):
     proc = train(reference, params)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    interrupted = tmp_path / 'interrupted'
-    interrupted.mkdir()
-    launch = subprocess.Popen(train_command(interrupted, params), cwd=ROOT, env=train_env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 400
-    while not list((interrupted / 'ckpt' / 'nano').glob('*/step-4')) and launch.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the next epoch
-    os.killpg(launch.pid, signal.SIGKILL)
-    launch.wait()
-    assert not (interrupted / 'metrics' / 'nano.json').exists()
+    out = tmp_path / 'interrupted'
+    out.mkdir()
+    saving = kill_when(train_command(out, params), lambda: first((out / 'ckpt' / 'nano').glob('*/step-8.tmp')),
+                       cwd=ROOT, env=train_env())
+    run = saving.parent
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith('step-')) == ['step-4', 'step-8.tmp']
+    exporting = kill_when(train_command(out, params), lambda: first((out / 'models').glob('.nano.tmp')),
+                          cwd=ROOT, env=train_env())
+    assert not (out / 'models' / 'nano').exists() and not (out / 'metrics' / 'nano.json').exists()
+    assert exporting.name == '.nano.tmp'
 
-    proc = train(interrupted, params)
+    proc = train(out, params)
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected = json.loads((reference / 'metrics' / 'nano.json').read_text())
-    got = json.loads((interrupted / 'metrics' / 'nano.json').read_text())
+    got = json.loads((out / 'metrics' / 'nano.json').read_text())
     expected.pop('epoch_time_s'), got.pop('epoch_time_s')
     assert got == expected
+    for name in ('model.safetensors', 'raw.safetensors'):
+        assert (out / 'models' / 'nano' / name).read_bytes() == (reference / 'models' / 'nano' / name).read_bytes()
+    assert not list((out / 'models').glob('.nano.*')) and not list(run.glob('*.tmp'))
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name('stage-test').experiment_id])
     assert len(runs) == 2  # the reference run and the interrupted-then-resumed one
@@ -143,3 +154,28 @@ def test_unknown_variant_exits_with_message(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert 'variants.big: no such variant' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_other_settings_never_delete_an_interrupted_run(tmp_path, kill_when):
+    """Train A, interrupt it, train B (other lr) to the end, rerun A: A resumes from its checkpoint."""
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=12, val_per_class=4))
+    uri = f'sqlite:///{tmp_path}/mlflow.db'
+    params = tmp_path / 'params.yaml'
+    settings_a = PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace('epochs: 2', 'epochs: 3')
+    params.write_text(settings_a)
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    kill_when(train_command(tmp_path, params), lambda: first((tmp_path / 'ckpt' / 'nano').glob('*/step-4')),
+              cwd=ROOT, env=train_env())
+    (run_a,) = [p.name for p in (tmp_path / 'ckpt' / 'nano').iterdir()]
+
+    params.write_text(settings_a.replace('epochs: 3', 'epochs: 1, lr: 0.004'))
+    b = train(tmp_path, params)
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert run_a in {p.name for p in (tmp_path / 'ckpt' / 'nano').iterdir()} and len(list((tmp_path / 'ckpt' / 'nano').iterdir())) == 2
+
+    params.write_text(settings_a)
+    a = train(tmp_path, params)
+    assert a.returncode == 0, a.stderr[-3000:]
+    assert f'resuming {tmp_path / "ckpt" / "nano" / run_a} at step 4 (epoch 1 of 3)' in a.stderr

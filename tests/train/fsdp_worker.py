@@ -1,7 +1,7 @@
-"""Trains sgformer_nano on fixed random data with the library's FSDP2 path; run under torchrun or alone.
-
-Writes per-step global losses and final logits (raw and EMA) as JSON. With --crash-after K the
-process dies like `kill -9` right after step K; a rerun resumes from the latest checkpoint.
+"""Runs `Trainer.train_step` on fixed random uint8 batches; under torchrun (FSDP2) or alone (one
+plain process). Writes per-step global losses and final logits (raw and EMA) as JSON. With
+--crash-after K the process dies like `kill -9` right after step K; a rerun resumes from the latest
+checkpoint.
 """
 import argparse
 import json
@@ -10,17 +10,16 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 import sgformer  # noqa: F401
-from sgformer.train.checkpoint import ModelOptimizerState, load_latest_checkpoint, save_checkpoint
+from sgformer.config import Checkpoint, Runtime, resolve_variant
+from sgformer.train.checkpoint import save_checkpoint
 from sgformer.train.distributed import destroy_distributed, init_distributed
-from sgformer.train.optim import create_ema, create_optimizer, create_scheduler
-from sgformer.train.parallelize import parallelize
+from sgformer.train.trainer import Trainer
 
 GLOBAL_BATCH, STEPS = 8, 6
+VARIANT = resolve_variant('sgformer_nano', num_classes=4, img_size=64, epochs=1, batch_size=GLOBAL_BATCH, lr=2e-3,
+                          warmup_epochs=2 / STEPS, min_lr=1e-5, ema_decay=0.9, ema_warmup=False, grad_clip=0.5)
 
 
 def main() -> None:
@@ -32,44 +31,33 @@ def main() -> None:
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     info = init_distributed('cpu')
-    torch.manual_seed(0)
-    model = timm.create_model('sgformer_nano', num_classes=4)
-    ema = create_ema(model, decay=0.9, warmup=False)
-    parallelize(model)
-    parallelize(ema.module)
-    optimizer = create_optimizer(model, lr=2e-3, weight_decay=0.05)
-    scheduler = create_scheduler(optimizer, total_steps=STEPS, warmup_steps=2)
-    state = {'train': ModelOptimizerState(model, optimizer, ema.module)}
-    start = load_latest_checkpoint(args.ckpt, state) or 0
+    trainer = Trainer(VARIANT, runtime=Runtime(), checkpoint=Checkpoint(), dist_info=info, steps_per_epoch=STEPS,
+                      checkpoint_dir=args.ckpt)
+    trainer.resume()
+    start = trainer.progress.step
 
     data = torch.Generator().manual_seed(1)
-    images = torch.randn(STEPS, GLOBAL_BATCH, 3, 64, 64, generator=data)
+    images = torch.randint(0, 256, (STEPS, GLOBAL_BATCH, 3, 64, 64), dtype=torch.uint8, generator=data)
     labels = torch.randint(0, 4, (STEPS, GLOBAL_BATCH), generator=data)
     per_rank = GLOBAL_BATCH // info.world_size
     local = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
     losses = {}
+    trainer.model.train()
     for step in range(start, STEPS):
-        model.train()
-        loss = F.cross_entropy(model(images[step, local]), labels[step, local])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(model, step + 1)
-        scheduler.step_update(step + 1)
-        global_loss = loss.detach().clone()
-        dist.all_reduce(global_loss)
-        losses[step] = global_loss.item() / info.world_size
+        before = trainer.stats.values[0].item()
+        trainer.train_step(images[step, local], labels[step, local])
+        losses[step] = trainer.stats.values[0].item() - before  # the step's global mean loss
         if (step + 1) % args.save_every == 0:
-            save_checkpoint(args.ckpt, step + 1, state, keep=2)
+            save_checkpoint(args.ckpt, step + 1, trainer.checkpoint_state, keep=2)
         if args.crash_after == step + 1:
             os._exit(9)
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full, full_ema = get_model_state_dict(model, options=options), get_model_state_dict(ema.module, options=options)
+    full, full_ema = trainer.full_state_dicts()
     if info.is_main:
         probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-        plain = timm.create_model('sgformer_nano', num_classes=4).eval()
-        result = {'losses': losses, 'lr': optimizer.param_groups[0]['lr'], 'start': start}
+        plain = timm.create_model('sgformer_nano', **VARIANT.model_kwargs()).eval()
+        result = {'losses': losses, 'lr': trainer.optimizer.param_groups[0]['lr'], 'start': start,
+                  'sharded': trainer.sharded}
         with torch.no_grad():
             plain.load_state_dict(full)
             result['logits'] = plain(probe).tolist()

@@ -3,12 +3,15 @@ import timm
 import pytest
 
 import sgformer  # noqa: F401
-from sgformer.train.optim import create_ema, create_optimizer, create_scheduler
+from sgformer.config import resolve_variant
+from sgformer.train.optim import create_ema, create_optimizer, create_scheduler, floating_state, update_ema_
+
+NANO = resolve_variant('sgformer_nano', lr=1e-3, weight_decay=0.05)
 
 
 def test_no_weight_decay_for_norms_biases_and_pos_embed():
     model = timm.create_model('sgformer_nano')
-    optimizer = create_optimizer(model, lr=1e-3, weight_decay=0.05)
+    optimizer = create_optimizer(model, NANO)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for g in optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
     plain = {names[id(p)] for g in optimizer.param_groups if g['weight_decay'] == 0 for p in g['params']}
@@ -21,8 +24,9 @@ def test_no_weight_decay_for_norms_biases_and_pos_embed():
 
 def test_warmup_then_cosine_per_step():
     model = timm.create_model('sgformer_nano')
-    optimizer = create_optimizer(model, lr=1e-3, weight_decay=0.05)
-    scheduler = create_scheduler(optimizer, total_steps=100, warmup_steps=10, warmup_lr=1e-6, min_lr=1e-5)
+    variant = resolve_variant('sgformer_nano', lr=1e-3, epochs=10, warmup_epochs=1, warmup_lr=1e-6, min_lr=1e-5)
+    optimizer = create_optimizer(model, variant)
+    scheduler = create_scheduler(optimizer, variant, steps_per_epoch=10)
     lrs = []
     for step in range(101):
         scheduler.step_update(step)
@@ -36,9 +40,28 @@ def test_warmup_then_cosine_per_step():
 
 def test_ema_warmup_ramps_decay():
     model = timm.create_model('sgformer_nano')
-    ema = create_ema(model, decay=0.99992, warmup=True)
+    ema = create_ema(model, resolve_variant('sgformer_nano', ema_decay=0.99992, ema_warmup=True))
     assert ema.get_decay(10) < 0.9 < ema.get_decay(100_000) <= 0.99992
-    assert create_ema(model, decay=0.99992, warmup=False).get_decay(10) == 0.99992
+    assert create_ema(model, resolve_variant('sgformer_nano', ema_decay=0.99992, ema_warmup=False)).get_decay(10) == 0.99992
+
+
+def test_ema_update_matches_timm_and_a_zero_weight_changes_nothing():
+    import torch
+    torch.manual_seed(0)
+    model = timm.create_model('sgformer_nano', num_classes=3)
+    ours, reference = (create_ema(model, resolve_variant('sgformer_nano', ema_decay=0.9, ema_warmup=False))
+                       for _ in range(2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    before = [t.clone() for t in floating_state(ours.module)]
+    update_ema_(floating_state(ours.module), floating_state(model), torch.tensor(0.0))  # a skipped step
+    assert all(torch.equal(a, b) for a, b in zip(before, floating_state(ours.module)))
+    update_ema_(floating_state(ours.module), floating_state(model), torch.tensor(1 - ours.get_decay(5)))
+    reference.update(model, step=5)
+    for a, b in zip(floating_state(ours.module), floating_state(reference.module)):
+        torch.testing.assert_close(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(before, floating_state(ours.module)))
 
 
 def test_fused_adamw_matches_the_reference_loop():
@@ -51,7 +74,7 @@ def test_fused_adamw_matches_the_reference_loop():
     torch.manual_seed(0)
     fused_model = timm.create_model('sgformer_nano', num_classes=10)
     loop_model, initial = copy.deepcopy(fused_model), copy.deepcopy(fused_model)
-    fused = create_optimizer(fused_model, lr=1e-2, weight_decay=0.05)
+    fused = create_optimizer(fused_model, resolve_variant('sgformer_nano', lr=1e-2, weight_decay=0.05))
     loop = create_optimizer_v2(loop_model, opt='adamw', lr=1e-2, weight_decay=0.05, foreach=False)
     assert fused.defaults['fused'] and not loop.defaults.get('fused')
     for _ in range(3):

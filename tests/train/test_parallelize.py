@@ -1,5 +1,6 @@
-"""FSDP2 through the library: 2 gloo ranks under a real torchrun train exactly like one process,
-and a run killed mid-way resumes from its DCP checkpoint to the same final weights."""
+"""The trainer's step through FSDP2: 2 gloo ranks under a real torchrun train exactly like one plain
+process (augmentation, clipping, fused AdamW, EMA, schedule included), and a run killed mid-way
+resumes from its DCP checkpoint to the same final weights."""
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ def test_two_ranks_match_one_process(two_ranks, tmp_path):
     proc = run_worker(tmp_path, 'one', 1, 'ckpt-one')
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = result(tmp_path, 'one')
+    assert sharded['sharded'] and not single['sharded']
     assert list(sharded['losses']) == [str(i) for i in range(6)]
     for step, loss in single['losses'].items():
         assert sharded['losses'][step] == pytest.approx(loss, abs=1e-5)

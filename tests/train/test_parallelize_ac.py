@@ -10,13 +10,15 @@ import torch, timm, torch.nn.functional as F
 import sgformer
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from sgformer.train.distributed import init_distributed, destroy_distributed
+from sgformer.config import Runtime
 from sgformer.train.parallelize import parallelize
-init_distributed("cpu")
+info = init_distributed("cpu")
 x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
 grads = []
 for ac in (False, True):
     torch.manual_seed(0)
-    model = parallelize(timm.create_model("sgformer_nano", num_classes=3, drop_path_rate=0.1), activation_checkpointing=ac)
+    model = parallelize(timm.create_model("sgformer_nano", num_classes=3, drop_path_rate=0.1),
+                        Runtime(activation_checkpointing=ac), device=info.device, shard=True)
     wrapped = sum(isinstance(b, CheckpointWrapper) for s in model.stages for b in s.blocks)
     assert wrapped == (7 if ac else 0), wrapped
     torch.manual_seed(1)

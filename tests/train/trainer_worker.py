@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 
 import sgformer  # noqa: F401
+from sgformer.config import Checkpoint, Runtime, resolve_variant
 from sgformer.train.distributed import destroy_distributed, init_distributed
-from sgformer.train.trainer import NonFiniteLossError, Parallelism, Trainer, TrainSchedule
+from sgformer.train.trainer import NonFiniteLossError, Trainer
 
 NUM, CLASSES, GLOBAL_BATCH = 48, 3, 8
 
@@ -21,9 +22,9 @@ NUM, CLASSES, GLOBAL_BATCH = 48, 3, 8
 def make_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(NUM) % CLASSES
-    images = torch.randn(NUM, 3, 64, 64, generator=g) * 0.5
-    images[:, 0] += (labels.float() - 1)[:, None, None]  # the class is in the red channel's mean
-    return images, labels
+    images = 128 + torch.randn(NUM, 3, 64, 64, generator=g) * 30
+    images[:, 0] += 50 * (labels.float() - 1)[:, None, None]  # the class is in the red channel's mean
+    return images.clamp(0, 255).to(torch.uint8), labels
 
 
 class Loader:
@@ -59,25 +60,26 @@ def main() -> None:
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     info = init_distributed('cpu')
-    schedule = TrainSchedule(epochs=args.epochs, lr=2e-3, weight_decay=0.05, warmup_epochs=1, warmup_lr=1e-5,
-                             min_lr=1e-5, ema_decay=0.9, ema_warmup=True, grad_clip=5.0,
-                             max_nonfinite_steps=args.max_nonfinite)
+    variant = resolve_variant('sgformer_nano', num_classes=CLASSES, img_size=64, drop_path_rate=0.1, epochs=args.epochs,
+                              batch_size=GLOBAL_BATCH, lr=2e-3, weight_decay=0.05, warmup_epochs=1, warmup_lr=1e-5,
+                              min_lr=1e-5, ema_decay=0.9, ema_warmup=True, grad_clip=5.0,
+                              max_nonfinite_steps=args.max_nonfinite, seed=7)
     crash_at = tuple(int(v) for v in args.crash_at.split(':')) if args.crash_at else None
     train = Loader(*make_data(0), info.rank, info.world_size, shuffle=True, crash_at=crash_at)
     val = Loader(*make_data(1), info.rank, info.world_size, shuffle=False)
-    trainer = Trainer(model_name='sgformer_nano', model_kwargs=dict(num_classes=CLASSES, img_size=64, drop_path_rate=0.1),
-                      schedule=schedule, parallelism=Parallelism(), dist_info=info, steps_per_epoch=len(train),
-                      checkpoint_dir=args.ckpt, seed=7)
-    resumed = trainer.resume()
     nan_steps = {int(s) for s in args.nan_steps.split(',') if s}
+    soft_target_loss = SoftTargetCrossEntropy()
 
-    def loss_fn(logits, labels):
-        loss = F.cross_entropy(logits, labels)
-        return loss * float('nan') if trainer.progress.step + trainer.progress.skipped_steps in nan_steps else loss
+    def loss_fn(logits, targets):
+        loss = soft_target_loss(logits, targets)
+        return loss * float('nan') if trainer.progress.step in nan_steps else loss
 
+    trainer = Trainer(variant, runtime=Runtime(), checkpoint=Checkpoint(), dist_info=info, steps_per_epoch=len(train),
+                      checkpoint_dir=args.ckpt, loss_fn=loss_fn)
+    resumed = trainer.resume()
     result = dict(resumed=resumed)
     try:
-        result['history'] = trainer.fit(train, val, loss_fn=loss_fn)
+        result['history'] = trainer.fit(train, val, log_every=2)
     except NonFiniteLossError as e:
         result['error'] = str(e)
     result['skipped'] = trainer.progress.skipped_steps

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import Sample
+
 CLASSES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring', 'stripes', 'checker', 'dots', 'zigzag')
 MASK = 128  # side of the canonical drawing of one shape, before scaling and rotation
 
@@ -136,32 +138,20 @@ def _odd_files(rng: np.random.Generator, num_classes: int, min_size: int, max_si
     }
 
 
-def write_sample(out: str | Path, *, num_classes: int = 10, train_per_class: int = 40, val_per_class: int = 10,
-                 min_size: int = 64, max_size: int = 160, jpeg_quality: int = 90, bad_files: bool = True,
-                 seed: int = 0) -> dict:
-    """Write the sample dataset to `out`, replacing it atomically (temp folder + rename).
-
-    Args:
-        out: destination folder; gets `train/` and `val/`.
-        num_classes: classes to draw, at most `len(CLASSES)`.
-        train_per_class: training images per class.
-        val_per_class: validation images per class.
-        min_size: smallest image side.
-        max_size: largest image side.
-        jpeg_quality: JPEG quality of the files.
-        bad_files: also write the broken and odd files of `_odd_files`.
-        seed: the same seed gives the same bytes.
+def write_sample(out: str | Path, sample: Sample = Sample()) -> dict:
+    """Write the sample dataset described by `sample` to `out`, replacing it atomically (temp
+    folder + rename). The same settings write the same bytes.
 
     Returns:
         Counts: images per split and the relative paths of the odd files.
     """
-    if not 1 <= num_classes <= len(CLASSES):
-        raise ValueError(f'num_classes must be in 1..{len(CLASSES)}, got {num_classes}')
+    num_classes, seed = sample.num_classes, sample.seed
+    min_size, max_size, jpeg_quality = sample.min_size, sample.max_size, sample.jpeg_quality
     out = Path(out)
     tmp = out.parent / f'.{out.name}.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     counts = {}
-    for split_id, (split, per_class) in enumerate((('train', train_per_class), ('val', val_per_class))):
+    for split_id, (split, per_class) in enumerate((('train', sample.train_per_class), ('val', sample.val_per_class))):
         for label in range(num_classes):
             folder = tmp / split / synset(label)
             folder.mkdir(parents=True)
@@ -170,7 +160,9 @@ def write_sample(out: str | Path, *, num_classes: int = 10, train_per_class: int
                 image = draw_image(label, rng, min_size, max_size)
                 (folder / f'{synset(label)}_{i:05d}.JPEG').write_bytes(_jpeg(image, jpeg_quality))
         counts[split] = num_classes * per_class
-    odd = _odd_files(np.random.default_rng([seed, 2]), num_classes, min_size, max_size, jpeg_quality) if bad_files else {}
+    odd = {}
+    if sample.bad_files:
+        odd = _odd_files(np.random.default_rng([seed, 2]), num_classes, min_size, max_size, jpeg_quality)
     for rel, data in odd.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / rel).write_bytes(data)

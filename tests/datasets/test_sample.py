@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sgformer.data.sample import CLASSES, synset, write_sample
+from sgformer.config import Sample
+from sgformer.datasets.sample import CLASSES, synset, write_sample
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -15,9 +16,9 @@ def digests(root: Path) -> dict[str, str]:
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     kw = dict(num_classes=3, train_per_class=4, val_per_class=2)
-    write_sample(tmp_path / 'a', seed=1, **kw)
-    write_sample(tmp_path / 'b', seed=1, **kw)
-    write_sample(tmp_path / 'c', seed=2, **kw)
+    write_sample(tmp_path / 'a', Sample(seed=1, **kw))
+    write_sample(tmp_path / 'b', Sample(seed=1, **kw))
+    write_sample(tmp_path / 'c', Sample(seed=2, **kw))
     a, b, c = (digests(tmp_path / n) for n in 'abc')
     assert a == b
     assert len(a) == 3 * (4 + 2) + 5
@@ -25,7 +26,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_layout_sizes_and_odd_files(tmp_path):
-    result = write_sample(tmp_path, num_classes=5, train_per_class=6, val_per_class=2, min_size=40, max_size=90)
+    result = write_sample(tmp_path, Sample(num_classes=5, train_per_class=6, val_per_class=2, min_size=40, max_size=90))
     assert sorted(p.name for p in (tmp_path / 'train').iterdir()) == [synset(k) for k in range(5)]
     assert sorted(p.name for p in (tmp_path / 'val').iterdir()) == [synset(k) for k in range(5)]
     sizes = [Image.open(p).size for p in (tmp_path / 'train' / synset(0)).glob('*_0000*.JPEG')]
@@ -55,7 +56,7 @@ def mean_colours(root: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_mean_colour_does_not_tell_the_class(tmp_path):
     n = len(CLASSES)
-    write_sample(tmp_path, num_classes=n, train_per_class=30, val_per_class=15, bad_files=False)
+    write_sample(tmp_path, Sample(num_classes=n, train_per_class=30, val_per_class=15, bad_files=False))
     x, y = mean_colours(tmp_path / 'train', n)
     xv, yv = mean_colours(tmp_path / 'val', n)
     # least-squares linear probe on [mean colour, 1] -> one-hot class

@@ -1,0 +1,1 @@
+"""Datasets on disk: the generated sample, ImageNet-layout folders and the FFCV betons written from them."""
