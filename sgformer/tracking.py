@@ -132,7 +132,7 @@ class Tracker:
     """One MLflow run, resumable by id; see the module docstring for what happens in an outage.
 
     Args:
-        tracking: the `tracking` settings (URI, experiment, system metrics, register_model, offline_dir,
+        tracking: the `tracking` settings (URI, experiment, system metrics, register, offline_dir,
             timeout_s).
         run_name: name of a new run (the variant); also the name of its logged and registered model.
         run_id: continue this run (after a resume, or from the evaluate stage) instead of starting one;
@@ -202,10 +202,10 @@ class Tracker:
         """The export's main (EMA) weights as an MLflow model of the PyTorch flavour, with a
         signature and an input example, so `mlflow.pytorch.load_model` / `mlflow.pyfunc.load_model`
         of `models:/<id>` give the export's logits; linked to the run's metrics at `step` and, with
-        `tracking.register_model`, registered under the run's name."""
+        `tracking.register`, registered under the run's name."""
         if self.enabled:
             self._queue(dict(op='model', export=str(Path(export_dir).resolve()), name=self._run_name,
-                             step=int(step), register=self._tracking.register_model))
+                             step=int(step), register=self._tracking.register))
 
     def end(self, status: str = 'FINISHED') -> None:
         """End the run; wait (bounded) for MLflow to take what is queued. The session's folder is

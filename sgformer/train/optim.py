@@ -16,7 +16,7 @@ def create_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimize
     all parameters in one pass (CPU and CUDA, plain tensors and FSDP2 shards) and can skip a step on
     the device (`found_inf`), which the trainer's NaN guard uses. On CPU torch's default loops over
     SG-Former's ~200 tensors one at a time: 3x slower on plain tensors, 7x on FSDP2 shards
-    (`benchmarks/bench_train.py --optimizer-loop`).
+    (measured at commit a0e4d20: benchmarks/README.md, `bench_train.py`).
     """
     return create_optimizer_v2(model, opt='adamw', lr=variant.scaled_lr(), weight_decay=variant.weight_decay,
                                fused=True)

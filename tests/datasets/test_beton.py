@@ -1,10 +1,8 @@
 """Folder -> beton conversion: exact round trip, bad files skipped and reported, atomic outputs."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,5 @@
 """MACs counting covers matmuls, convolutions and attention (also the CPU SDPA kernel)."""
 import timm
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

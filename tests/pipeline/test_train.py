@@ -3,10 +3,8 @@ sample, exports that reload in timm, DVC metrics/plots, one MLflow run that a re
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
