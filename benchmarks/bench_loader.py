@@ -91,6 +91,8 @@ def per_image_costs(files: list[Path], img_size: int, seed: int = 0) -> dict[str
     from PIL import Image
     from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as TF
+    from sgformer.datasets.numba_cache import import_ffcv
+    import_ffcv()
     from ffcv.libffcv import imdecode, resize_crop
 
     threads = torch.get_num_threads()

@@ -14,9 +14,11 @@ import torch
 from ..config import Augment, Data, Loader
 from ..datasets.beton import check_beton, check_images
 from ..datasets.folder import DataError, class_index, list_images
+from ..datasets.numba_cache import import_ffcv
 
 
 def _label_pipeline(device: torch.device) -> list:
+    import_ffcv()
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor
     tail = [ToDevice(device, non_blocking=True)] if device.type == 'cuda' else []
@@ -43,6 +45,7 @@ def create_ffcv_loader(path: str | Path, *, train: bool, batch_size: int, img_si
         The loader; `len()` is the number of batches per epoch.
     """
     import numba
+    import_ffcv()
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader as FFCVLoader
     from ffcv.loader import OrderOption

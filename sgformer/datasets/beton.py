@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..config import Convert
 from ..io import atomic_path, write_json_atomic
 from .folder import SPLITS, DataError, class_index, list_images
+from .numba_cache import import_ffcv
 
 __all__ = ['DataError', 'check_image', 'check_images', 'write_beton', 'convert_folder', 'skipped_images', 'check_beton']
 
@@ -97,6 +98,7 @@ class FolderSamples:
 
 def write_beton(path: str | Path, samples: list[tuple[str, int]], convert: Convert) -> None:
     """Write `samples` (already checked) to an FFCV beton with `image` and `label` fields."""
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -188,6 +190,7 @@ def check_beton(path: str | Path) -> None:
         DataError: naming the file, what is wrong and the fix.
     """
     import numpy as np
+    import_ffcv()
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, HeaderType
 
     path = Path(path)

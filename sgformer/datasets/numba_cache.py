@@ -1,0 +1,84 @@
+"""numba's on-disk cache for the code FFCV compiles in every process.
+
+FFCV compiles with numba, each time a process imports it or builds a loader: a typed dict at
+import, its traversal order, and each decoder and transform of a pipeline. On 2 CPU cores that is
+~17 s per loader process (a train stage builds two), paid again by every stage and every rank.
+numba can keep compiled code on disk (next to the sources, or in `NUMBA_CACHE_DIR`), but only for
+functions that ask for it, and FFCV's do not. `import_ffcv()` turns it on, before FFCV is first
+imported, for what numba can cache safely:
+
+- module-level compiled functions (numba's typed dict, FFCV's traversal order);
+- FFCV's page reader, which it compiles for a signature given up front;
+- FFCV's generated operations (`Compiler.compile`) whose closures hold only plain values. A closure
+  that holds another compiled function would pickle it with a per-process id, so its cache key
+  would change every run: those are compiled in each process (FFCV's JPEG decoders, ~1 s).
+
+numba's key covers the bytecode, the closure's values, the signature and the CPU; it leaves out
+the compile options because one decorator usually fixes them. FFCV compiles the same function
+serially or in parallel depending on its thread count, so the key here adds the options.
+"""
+import functools
+
+
+def _key_with_options(cache_class, options: dict):
+    class OptionKeyedCache(cache_class):
+        def _index_key(self, sig, codegen):
+            return (*super()._index_key(sig, codegen), tuple(sorted((k, repr(v)) for k, v in options.items())))
+    return OptionKeyedCache
+
+
+def _holds_a_dispatcher(value, dispatcher_type) -> bool:
+    if isinstance(value, dispatcher_type):
+        return True
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return any(_holds_a_dispatcher(v, dispatcher_type) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_a_dispatcher(v, dispatcher_type) for v in value.values())
+    return False
+
+
+def cache_on_disk(fn):
+    """Give a numba dispatcher a disk cache keyed also by its compile options; returns `fn`. A
+    function numba cannot place (generated source, no writable cache folder) stays as it is."""
+    from numba.core.caching import FunctionCache
+    from numba.core.dispatcher import Dispatcher
+    cells = [cell.cell_contents for cell in fn.py_func.__closure__ or ()] if isinstance(fn, Dispatcher) else []
+    if not isinstance(fn, Dispatcher) or _holds_a_dispatcher(cells, Dispatcher):
+        return fn
+    try:
+        fn._cache = _key_with_options(FunctionCache, fn.targetoptions)(fn.py_func)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        pass
+    return fn
+
+
+def _cache_module_functions(module) -> None:
+    from numba.core.dispatcher import Dispatcher
+    for value in vars(module).values():
+        if isinstance(value, Dispatcher) and value.__module__ == module.__name__:
+            cache_on_disk(value)
+
+
+@functools.cache
+def import_ffcv() -> None:
+    """Import FFCV with numba's disk cache on for its compiled code. Call it before any `ffcv` import."""
+    import numba.typed.typeddict
+    from numba.core import typeinfer
+    from numba.core.dispatcher import Dispatcher
+    _cache_module_functions(numba.typed.typeddict)  # FFCV builds a typed dict at import
+
+    from ffcv.pipeline.compiler import Compiler
+    compile_uncached = Compiler.compile.__func__
+
+    def compile_cached(cls, code, signature=None):
+        fn = cache_on_disk(compile_uncached(cls, code))
+        if signature is not None and isinstance(fn, Dispatcher):
+            # what `njit(signature)` does, now with the cache in place (FFCV's page reader)
+            with typeinfer.register_dispatcher(fn):
+                fn.compile(signature)
+            fn.disable_compile()
+        return fn
+    Compiler.compile = classmethod(compile_cached)
+
+    import ffcv.traversal_order.quasi_random
+    _cache_module_functions(ffcv.traversal_order.quasi_random)
