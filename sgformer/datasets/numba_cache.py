@@ -37,13 +37,19 @@ def _holds_a_dispatcher(value, dispatcher_type) -> bool:
     return False
 
 
+def _calls_through_ctypes(py_func) -> bool:
+    """numba refuses to cache code holding ctypes pointers (FFCV's C bindings) and warns at every compile."""
+    import ctypes
+    return any(isinstance(py_func.__globals__.get(name), ctypes._CFuncPtr) for name in py_func.__code__.co_names)
+
+
 def cache_on_disk(fn):
     """Give a numba dispatcher a disk cache keyed also by its compile options; returns `fn`. A
     function numba cannot place (generated source, no writable cache folder) stays as it is."""
     from numba.core.caching import FunctionCache
     from numba.core.dispatcher import Dispatcher
     cells = [cell.cell_contents for cell in fn.py_func.__closure__ or ()] if isinstance(fn, Dispatcher) else []
-    if not isinstance(fn, Dispatcher) or _holds_a_dispatcher(cells, Dispatcher):
+    if not isinstance(fn, Dispatcher) or _holds_a_dispatcher(cells, Dispatcher) or _calls_through_ctypes(fn.py_func):
         return fn
     try:
         fn._cache = _key_with_options(FunctionCache, fn.targetoptions)(fn.py_func)

@@ -17,7 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 # A module on disk (numba caches only functions whose source file it can find).
 FUNCTIONS = '''
+import ctypes
 from numba import njit, prange
+
+libc_abs = ctypes.CDLL(None).abs
+libc_abs.argtypes, libc_abs.restype = [ctypes.c_int], ctypes.c_int
+
+def absolute(x):
+    return libc_abs(x)
 
 def add(k):
     def f(x):
@@ -45,6 +52,9 @@ if case == 'closure':
 elif case == 'options':
     fn = cache_on_disk(njit(parallel=arg == 'parallel')(functions.total))
     out = fn(np.ones(8))
+elif case == 'ctypes':
+    fn = cache_on_disk(njit(functions.absolute))
+    out = [fn(-3), type(fn._cache).__name__]
 else:  # a closure over another compiled function
     inner = njit(functions.add(1))
     fn = cache_on_disk(njit(functions.add(inner)))
@@ -83,6 +93,10 @@ def test_serial_and_parallel_compiles_are_separate_entries(functions):
 def test_a_closure_over_a_compiled_function_is_not_cached(functions):
     assert run(functions, 'dispatcher', '-')[0] == 'NullCache'
     assert not (functions / 'cache').exists()
+
+
+def test_code_calling_through_ctypes_is_left_uncached(functions):
+    assert run(functions, 'ctypes', '-') == [[3, 'NullCache'], 0, 1]  # numba would warn "Cannot cache"
 
 
 LOADER = '''
