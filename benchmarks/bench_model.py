@@ -185,11 +185,9 @@ def main(argv=None) -> None:
               f"torch={torch.__version__}")
     print(header)
     print(_table(rows, baseline))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(dict(config=vars(args) | dict(out=str(args.out), official=str(args.official)),
-                                   header=header, baseline=baseline, results=rows), indent=2, default=str))
-    tmp.replace(args.out)
+    from sgformer.io import write_text_atomic
+    write_text_atomic(args.out, json.dumps(dict(config=vars(args) | dict(out=str(args.out), official=str(args.official)),
+                                                header=header, baseline=baseline, results=rows), indent=2, default=str))
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ compilation of FFCV's code. The rounds alternate cold and warm.
     python benchmarks/bench_startup.py --workers 2     # FFCV compiles its parallel flip instead
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from sgformer.config import Convert, Sample  # noqa: E402
 from sgformer.datasets.beton import convert_folder  # noqa: E402
 from sgformer.datasets.sample import write_sample  # noqa: E402
+from sgformer.io import write_json_atomic  # noqa: E402
 
 LOADERS = '''
 import sys
@@ -74,10 +74,7 @@ def main(argv=None) -> None:
     print(f'| cold (empty) | {result["cold_median_s"]:.1f} | {", ".join(f"{s:.1f}" for s in cold)} |')
     print(f'| warm | {result["warm_median_s"]:.1f} | {", ".join(f"{s:.1f}" for s in warm)} |')
     print(f'cold / warm: {result["cold_over_warm"]:.2f}x')
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix('.tmp')
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(args.out)
+    write_json_atomic(args.out, result)
 
 
 if __name__ == '__main__':

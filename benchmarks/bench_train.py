@@ -114,10 +114,8 @@ def main(argv=None) -> None:
         ratio = (r['param_mib_per_rank'] + r['optim_mib_per_rank']) / (base['param_mib_per_rank'] + base['optim_mib_per_rank'])
         print(f"| {r['world_size']} | {r['sharded']} | {r['img_s_total']:.1f} | {r['param_mib_per_rank']:.2f} | "
               f"{r['optim_mib_per_rank']:.2f} | {ratio:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(dict(config={k: str(v) for k, v in vars(args).items()}, results=rows), indent=2))
-    tmp.replace(args.out)
+    from sgformer.io import write_json_atomic
+    write_json_atomic(args.out, dict(config={k: str(v) for k, v in vars(args).items()}, results=rows))
 
 
 if __name__ == '__main__':

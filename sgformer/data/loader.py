@@ -18,7 +18,6 @@ from ..datasets.numba_cache import import_ffcv
 
 
 def _label_pipeline(device: torch.device) -> list:
-    import_ffcv()
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor
     tail = [ToDevice(device, non_blocking=True)] if device.type == 'cuda' else []

@@ -20,10 +20,18 @@ serially or in parallel depending on its thread count, so the key here adds the 
 import functools
 
 
-def _key_with_options(cache_class, options: dict):
-    class OptionKeyedCache(cache_class):
+@functools.cache
+def _option_keyed_cache():
+    """numba's FunctionCache whose index key adds the dispatcher's compile options."""
+    from numba.core.caching import FunctionCache
+
+    class OptionKeyedCache(FunctionCache):
+        def __init__(self, py_func, options: dict):
+            self._options = tuple(sorted((k, repr(v)) for k, v in options.items()))
+            super().__init__(py_func)
+
         def _index_key(self, sig, codegen):
-            return (*super()._index_key(sig, codegen), tuple(sorted((k, repr(v)) for k, v in options.items())))
+            return (*super()._index_key(sig, codegen), self._options)
     return OptionKeyedCache
 
 
@@ -46,13 +54,14 @@ def _calls_through_ctypes(py_func) -> bool:
 def cache_on_disk(fn):
     """Give a numba dispatcher a disk cache keyed also by its compile options; returns `fn`. A
     function numba cannot place (generated source, no writable cache folder) stays as it is."""
-    from numba.core.caching import FunctionCache
     from numba.core.dispatcher import Dispatcher
-    cells = [cell.cell_contents for cell in fn.py_func.__closure__ or ()] if isinstance(fn, Dispatcher) else []
-    if not isinstance(fn, Dispatcher) or _holds_a_dispatcher(cells, Dispatcher) or _calls_through_ctypes(fn.py_func):
+    if not isinstance(fn, Dispatcher):  # FFCV's compiler turned off
+        return fn
+    cells = [cell.cell_contents for cell in fn.py_func.__closure__ or ()]
+    if _holds_a_dispatcher(cells, Dispatcher) or _calls_through_ctypes(fn.py_func):
         return fn
     try:
-        fn._cache = _key_with_options(FunctionCache, fn.targetoptions)(fn.py_func)
+        fn._cache = _option_keyed_cache()(fn.py_func, fn.targetoptions)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         pass
     return fn
