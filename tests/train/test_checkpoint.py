@@ -39,16 +39,18 @@ def test_prune_runs_keeps_the_current_run_and_removes_finished_ones_first(tmp_pa
 
 
 SHARED_SCRIPT = r'''
-import sys, torch.distributed as dist
+import pathlib, sys, torch.distributed as dist
 from sgformer.train.checkpoint import CheckpointFolderError, check_shared_folder
 dist.init_process_group('gloo')
-root = sys.argv[1]
-folder = root if sys.argv[2] == 'shared' else f'{root}/node{dist.get_rank()}'
+root, rank = sys.argv[1], dist.get_rank()
+folder = root if sys.argv[2] == 'shared' else f'{root}/node{rank}'
 try:
     check_shared_folder(folder)
-    print('shared')
+    outcome = 'shared'
 except CheckpointFolderError as e:
-    print('error:', e)
+    outcome = f'error: {e}'
+# one file per rank: two ranks printing to one pipe can interleave their lines
+pathlib.Path(sys.argv[3], f'rank{rank}.txt').write_text(outcome)
 dist.destroy_process_group()
 '''
 
@@ -61,10 +63,13 @@ def test_a_folder_not_shared_by_every_rank_is_refused_up_front(tmp_path):
     script.write_text(SHARED_SCRIPT)
     outputs = {}
     for mode in ('shared', 'local'):
+        results = tmp_path / f'{mode}-results'
+        results.mkdir()
         proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                               str(script), str(tmp_path / mode), mode], capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, PYTHONWARNINGS='ignore'))
+                               str(script), str(tmp_path / mode), mode, str(results)], capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, PYTHONWARNINGS='ignore'))
         assert proc.returncode == 0, proc.stderr[-2000:]
-        outputs[mode] = proc.stdout
-    assert outputs['shared'].split() == ['shared', 'shared']
-    assert outputs['local'].count('is not the same folder on every rank') == 2 and 'ranks [1]' in outputs['local']
+        outputs[mode] = [(results / f'rank{rank}.txt').read_text() for rank in (0, 1)]
+    assert outputs['shared'] == ['shared', 'shared']
+    assert all('is not the same folder on every rank' in line for line in outputs['local'])
+    assert all('ranks [1]' in line for line in outputs['local'])
