@@ -391,6 +391,14 @@ def error_reason(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + '...'
 
 
+def print_warning(message: str) -> None:
+    """`warning: <message>` on stderr, on a line of its own: the sender thread prints while the
+    trainer's progress bar is drawn, and `tqdm.write` clears the bar first and redraws it after."""
+    from tqdm import tqdm
+    tqdm.write(f'warning: {message}', file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -419,8 +427,7 @@ class _Pusher:
             self.client.update_run(found, status='RUNNING')
         else:
             if asked:
-                print(f'warning: MLflow run {asked} is not in {self.uri}; starting a new run',
-                      file=sys.stderr, flush=True)
+                print_warning(f'MLflow run {asked} is not in {self.uri}; starting a new run')
             found = self._create()
         self.run_id = found
         return found
@@ -620,8 +627,8 @@ class _Sender(threading.Thread):
         stays for the replay command and does not keep this run from being tracked."""
         _, failed = replay(self.root, only_uri=self.uri, client=self.pusher.client)
         if failed:
-            print(f'warning: {len(failed)} tracking session(s) waiting in {self.root} could not be replayed '
-                  f'({failed[0][1]}); they stay there for `{REPLAY_COMMAND}`', file=sys.stderr, flush=True)
+            print_warning(f'{len(failed)} tracking session(s) waiting in {self.root} could not be replayed '
+                          f'({failed[0][1]}); they stay there for `{REPLAY_COMMAND}`')
 
     def put(self, op: dict) -> None:
         self.inbox.put(op)
@@ -663,8 +670,8 @@ class _Sender(threading.Thread):
         """The stage's one line about tracking trouble: what happened and where the run waits."""
         if not self.warned:
             self.warned = True
-            print(f'warning: {reason}; training goes on, tracking waits in {self.session.folder}/queue.jsonl '
-                  f'for `{REPLAY_COMMAND}` or the next stage that reaches MLflow', file=sys.stderr, flush=True)
+            print_warning(f'{reason}; training goes on, tracking waits in {self.session.folder}/queue.jsonl '
+                          f'for `{REPLAY_COMMAND}` or the next stage that reaches MLflow')
 
     def finish(self, timeout_s: float) -> bool:
         """Stop after sending what is queued (or at once while MLflow fails); True when all of the

@@ -393,3 +393,14 @@ def test_train_stage_without_server_then_a_rerun_replays(own_server, tmp_path):
     assert_complete_run(client, run.info.run_id, tmp_path)
     (version,) = client.search_model_versions("name = 'nano'")
     assert version.run_id == run.info.run_id
+
+
+def test_a_warning_printed_while_a_progress_bar_is_drawn_keeps_its_own_line(capsys):
+    from tqdm import tqdm
+
+    from sgformer.tracking import print_warning
+    with tqdm(total=4, mininterval=0) as bar:  # the trainer's epoch bar, on stderr
+        bar.update(1)
+        print_warning('MLflow at http://127.0.0.1:1 is unreachable')
+        bar.update(1)
+    assert warnings_in(capsys.readouterr().err) == ['warning: MLflow at http://127.0.0.1:1 is unreachable']
