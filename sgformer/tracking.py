@@ -46,6 +46,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from .config import Data, Tracking
 from .io import write_json_atomic
 
@@ -394,7 +396,6 @@ def error_reason(error: BaseException, limit: int = 160) -> str:
 def print_warning(message: str) -> None:
     """`warning: <message>` on stderr, on a line of its own: the sender thread prints while the
     trainer's progress bar is drawn, and `tqdm.write` clears the bar first and redraws it after."""
-    from tqdm import tqdm
     tqdm.write(f'warning: {message}', file=sys.stderr)
     sys.stderr.flush()
 

@@ -24,12 +24,13 @@ import mlflow.pytorch
 import pytest
 import timm
 import torch
+from tqdm import tqdm
 
 import sgformer  # noqa: F401  (registers the models)
 from sgformer.config import Data, Sample, Tracking, load_params
 from sgformer.datasets.sample import write_sample
 from sgformer.export import save_export
-from sgformer.tracking import OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, replay
+from sgformer.tracking import OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, print_warning, replay
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = str(Path(sys.executable).parent / 'mlflow')
@@ -396,9 +397,6 @@ def test_train_stage_without_server_then_a_rerun_replays(own_server, tmp_path):
 
 
 def test_a_warning_printed_while_a_progress_bar_is_drawn_keeps_its_own_line(capsys):
-    from tqdm import tqdm
-
-    from sgformer.tracking import print_warning
     with tqdm(total=4, mininterval=0) as bar:  # the trainer's epoch bar, on stderr
         bar.update(1)
         print_warning('MLflow at http://127.0.0.1:1 is unreachable')
