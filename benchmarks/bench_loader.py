@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sgformer.config import Augment, Convert, Loader, Sample  # noqa: E402
-from sgformer.data.loader import create_ffcv_loader, create_folder_loader  # noqa: E402
-from sgformer.data.transforms import TrainTransform  # noqa: E402
+from sgformer.loader import create_ffcv_loader, create_folder_loader  # noqa: E402
+from sgformer.augment.transforms import TrainTransform  # noqa: E402
 from sgformer.datasets.beton import convert_folder  # noqa: E402
 from sgformer.datasets.sample import write_sample  # noqa: E402
 from sgformer.eval.metrics import timed  # noqa: E402

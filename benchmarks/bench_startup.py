@@ -29,7 +29,7 @@ from sgformer.io import write_json_atomic  # noqa: E402
 LOADERS = '''
 import sys
 from sgformer.config import Loader
-from sgformer.data.loader import create_ffcv_loader
+from sgformer.loader import create_ffcv_loader
 betons, workers = sys.argv[1], int(sys.argv[2])
 for split in ('train', 'val'):
     loader = create_ffcv_loader(f'{betons}/{split}.beton', train=split == 'train', batch_size=8, img_size=64,

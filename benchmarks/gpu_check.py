@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from sgformer.config import Augment, Checkpoint, Runtime, resolve_variant
-from sgformer.data.transforms import TrainTransform
+from sgformer.augment.transforms import TrainTransform
 from sgformer.eval.metrics import measure_speed, timed
 from sgformer.io import write_json_atomic
 from sgformer.runtime import apply_compile, autocast

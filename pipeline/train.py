@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     from sgformer.export import ExportError
     from sgformer.train.checkpoint import CheckpointFolderError
     from sgformer.train.trainer import NonFiniteLossError
-    from sgformer.train.training import RunPaths, train_variant
+    from sgformer.train.run import RunPaths, train_variant
     paths = RunPaths(report=Path(args.report), model_dir=Path(args.models) / args.variant,
                      checkpoint_dir=Path(args.checkpoints) / args.variant,
                      metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)

@@ -15,7 +15,6 @@ the file, the dotted key and the reason. Validation imports neither torch nor ti
 """
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -246,24 +245,20 @@ class Checkpoint(_Section):
                            "runs go first, each removal logged.")
 
 
-with warnings.catch_warnings():
-    # `register` shadows only ABCMeta.register, a class-level method no instance sees.
-    warnings.filterwarnings('ignore', message='Field name "register"', category=UserWarning)
+class Tracking(_Section):
+    """MLflow tracking (rank 0 only)."""
 
-    class Tracking(_Section):
-        """MLflow tracking (rank 0 only)."""
-
-        tracking_uri: str = Field('sqlite:///mlflow.db', description='MLflow store or server URI.')
-        experiment: str = Field('sgformer', min_length=1, description='MLflow experiment name.')
-        system_metrics: bool = Field(True, description='Also log CPU/GPU/memory utilisation.')
-        log_every_steps: int = Field(10, ge=1, description='Log train/loss, lr and img/s every this many steps.')
-        register: bool = Field(False, description="Register each trained variant's MLflow model in the Model "
-                                     'Registry under the variant name.')
-        offline_dir: str = Field('.mlflow-offline', min_length=1, description='Where tracking that could not reach MLflow '
-                                 'waits (one folder per stage run) until `python -m pipeline.replay_tracking` or the next '
-                                 'stage that reaches MLflow replays it; relative: to the DVC repository root.')
-        timeout_s: int = Field(10, ge=1, description='Seconds an MLflow HTTP request may take (2 retries); a stage waits '
-                               'at most 12 x this for MLflow at its end, then leaves the rest for replay.')
+    tracking_uri: str = Field('sqlite:///mlflow.db', description='MLflow store or server URI.')
+    experiment: str = Field('sgformer', min_length=1, description='MLflow experiment name.')
+    system_metrics: bool = Field(True, description='Also log CPU/GPU/memory utilisation.')
+    log_every_steps: int = Field(10, ge=1, description='Log train/loss, lr and img/s every this many steps.')
+    register_model: bool = Field(False, description="Register each trained variant's MLflow model in the Model "
+                                 'Registry under the variant name.')
+    offline_dir: str = Field('.mlflow-offline', min_length=1, description='Where tracking that could not reach MLflow '
+                             'waits (one folder per stage run) until `python -m pipeline.tools.replay_tracking` or '
+                             'the next stage that reaches MLflow replays it; relative: to the DVC repository root.')
+    timeout_s: int = Field(10, ge=1, description='Seconds an MLflow HTTP request may take (2 retries); a stage waits '
+                           'at most 12 x this for MLflow at its end, then leaves the rest for replay.')
 
 
 class Eval(_Section):

@@ -99,7 +99,7 @@ def read_card(folder: str | Path) -> dict:
     path = Path(folder) / 'card.json'
     if not path.is_file():
         raise ExportError(f'{path} not found: train the variant first, or import an official checkpoint '
-                          '(python -m pipeline.import_official)')
+                          '(python -m pipeline.tools.import_official)')
     return json.loads(path.read_text())
 
 

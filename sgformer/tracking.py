@@ -23,7 +23,7 @@ at most `END_WAIT_TIMEOUTS` x `tracking.timeout_s`. One session, one folder:
     <tracking.offline_dir>/<session>/lock         flock held while the session's process lives
 
 A session whose operations all reached MLflow deletes its folder. Any other one is replayed by
-`python -m pipeline.replay_tracking` or by the next `Tracker` that reaches the same tracking URI
+`python -m pipeline.tools.replay_tracking` or by the next `Tracker` that reaches the same tracking URI
 (the evaluate stage, a rerun of train): into the run it logged into, or the run it continues, or
 a new run when it never had one (its `offline-<session>` id, kept in card.json and checkpoints,
 then names that run: the run is tagged `sgformer.session`). Replaying is idempotent: metric points
@@ -59,7 +59,7 @@ OFFLINE_PREFIX = 'offline-'  # the run id of a session that never reached MLflow
 SESSION_TAG = 'sgformer.session'  # the session that created a run
 DVC_ENV_TAGS = {'DVC_EXP_NAME': 'dvc.exp_name', 'DVC_EXP_BASELINE_REV': 'dvc.exp_baseline_rev',
                 'DVC_STAGE': 'dvc.stage'}
-REPLAY_COMMAND = 'python -m pipeline.replay_tracking'
+REPLAY_COMMAND = 'python -m pipeline.tools.replay_tracking'
 
 
 def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -134,7 +134,7 @@ class Tracker:
     """One MLflow run, resumable by id; see the module docstring for what happens in an outage.
 
     Args:
-        tracking: the `tracking` settings (URI, experiment, system metrics, register, offline_dir,
+        tracking: the `tracking` settings (URI, experiment, system metrics, register_model, offline_dir,
             timeout_s).
         run_name: name of a new run (the variant); also the name of its logged and registered model.
         run_id: continue this run (after a resume, or from the evaluate stage) instead of starting one;
@@ -204,10 +204,10 @@ class Tracker:
         """The export's main (EMA) weights as an MLflow model of the PyTorch flavour, with a
         signature and an input example, so `mlflow.pytorch.load_model` / `mlflow.pyfunc.load_model`
         of `models:/<id>` give the export's logits; linked to the run's metrics at `step` and, with
-        `tracking.register`, registered under the run's name."""
+        `tracking.register_model`, registered under the run's name."""
         if self.enabled:
             self._queue(dict(op='model', export=str(Path(export_dir).resolve()), name=self._run_name,
-                             step=int(step), register=self._tracking.register))
+                             step=int(step), register=self._tracking.register_model))
 
     def end(self, status: str = 'FINISHED') -> None:
         """End the run; wait (bounded) for MLflow to take what is queued. The session's folder is

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.replay_tracking import main as replay_command
+from pipeline.tools.replay_tracking import main as replay_command
 from sgformer.config import Tracking
 from sgformer.tracking import (OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, epoch_metric_name, flatten, git_dirty,
                                offline_root, replay)

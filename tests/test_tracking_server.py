@@ -157,7 +157,7 @@ def test_two_variants_params_metrics_artifacts_datasets_models(server, export, b
     run_ids = {}
     for name in params.variants:
         tracking = Tracking(tracking_uri=server.uri, experiment='variants', system_metrics=name == 'nano',
-                            register=name == 'nano_dp', offline_dir=str(tmp_path / 'offline'))
+                            register_model=name == 'nano_dp', offline_dir=str(tmp_path / 'offline'))
         tracker = Tracker(tracking, run_name=name)
         tracker.log_params(params.run_settings(name))
         tracker.set_tags(dict(variant=name, **dvc_tags()))
@@ -208,7 +208,7 @@ def test_two_variants_params_metrics_artifacts_datasets_models(server, export, b
         predicted = mlflow.pyfunc.load_model(model.model_uri).predict(x.numpy())
         torch.testing.assert_close(torch.as_tensor(predicted), expected)
     versions = client.search_model_versions("name = 'nano_dp'")
-    assert [(v.version, v.run_id) for v in versions] == [('1', run_ids['nano_dp'])]  # register: true
+    assert [(v.version, v.run_id) for v in versions] == [('1', run_ids['nano_dp'])]  # register_model: true
     assert client.search_model_versions("name = 'nano'") == []
 
 
@@ -298,7 +298,7 @@ def stage_params(tmp_path: Path, uri: str, register: bool = False) -> Path:
     text = stage.PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri)
     text = text.replace('world_size: 2', 'world_size: 1').replace('batch_size: 8', 'batch_size: 4')
     text = text.replace('log_every_steps: 1}', f"log_every_steps: 1, offline_dir: '{tmp_path / 'offline'}', "
-                        f'register: {str(register).lower()}, timeout_s: 5}}')
+                        f'register_model: {str(register).lower()}, timeout_s: 5}}')
     params.write_text(text)
     stage.convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics',
                    str(tmp_path / 'c.json')])
@@ -355,7 +355,7 @@ def test_train_stage_survives_a_server_killed_mid_run(own_server, tmp_path):
 
     own_server.start()  # same store, same port
     assert len(client.get_metric_history(run_id, 'train/loss')) < STEPS  # the outage cost these
-    replayed = subprocess.run([sys.executable, '-m', 'pipeline.replay_tracking', '--params', str(params)], cwd=ROOT,
+    replayed = subprocess.run([sys.executable, '-m', 'pipeline.tools.replay_tracking', '--params', str(params)], cwd=ROOT,
                               env=stage.train_env(), capture_output=True, text=True, timeout=300)
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     assert f'into run {run_id}' in replayed.stdout and not (tmp_path / 'offline').exists()

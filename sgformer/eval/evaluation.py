@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from ..config import Augment, Data, Eval, Loader, Tracking
-from ..data.loader import create_loader, loader_size
-from ..data.transforms import EvalTransform, normalize
+from ..loader import create_loader, loader_size
+from ..augment.transforms import EvalTransform, normalize
 from ..datasets.beton import skipped_images
 from ..export import check_classes, load_export
 from ..io import write_json_atomic, write_text_atomic

@@ -30,7 +30,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from ..config import Checkpoint, Runtime, Variant
-from ..data.transforms import EvalTransform, TrainTransform
+from ..augment.transforms import EvalTransform, TrainTransform
 from ..accuracy import accuracy_from_sums, classification_sums
 from ..runtime import autocast, resolve_precision
 from .checkpoint import ModelOptimizerState, load_latest_checkpoint, save_checkpoint

@@ -103,7 +103,7 @@ LOADER = '''
 import gc, json, sys
 from numba.core.dispatcher import Dispatcher
 from sgformer.config import Loader
-from sgformer.data.loader import create_ffcv_loader
+from sgformer.loader import create_ffcv_loader
 loader = create_ffcv_loader(sys.argv[1], train=True, batch_size=4, img_size=32, loader=Loader(num_workers=1))
 labels = [batch[1].tolist() for batch in loader]
 dispatchers = [d for d in gc.get_objects() if isinstance(d, Dispatcher)]

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import sgformer  # noqa: F401
-from sgformer.data.transforms import normalize
+from sgformer.augment.transforms import normalize
 from sgformer.eval.pictures import confusion_png, significance_grids
 from sgformer.models.sgformer import band_index, band_layout
 

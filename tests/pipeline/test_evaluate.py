@@ -12,7 +12,7 @@ import torch
 
 from pipeline.convert import main as convert
 from pipeline.evaluate import main as evaluate
-from pipeline.import_official import import_official
+from pipeline.tools.import_official import import_official
 from sgformer.config import Sample
 from sgformer.datasets.sample import write_sample
 from sgformer.export import load_export

@@ -126,7 +126,7 @@ def test_a_full_disk_during_an_import_keeps_the_previous_export(tmp_path):
     import torch
     fixture = torch.load(ROOT / 'tests' / 'fixtures' / 'official_sgformer_tiny.pt', weights_only=True)
     torch.save({'state_dict_ema': fixture['state_dict'], 'args': argparse.Namespace()}, tmp_path / 'official.pth')
-    command = [sys.executable, '-m', 'pipeline.import_official', '--checkpoint', str(tmp_path / 'official.pth'),
+    command = [sys.executable, '-m', 'pipeline.tools.import_official', '--checkpoint', str(tmp_path / 'official.pth'),
                '--model', 'sgformer_nano', '--out', str(tmp_path / 'export'), '--num-classes', '10']
     assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=200).returncode == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / 'export').iterdir()}

@@ -11,7 +11,7 @@ import torch
 
 from sgformer.datasets.beton import convert_folder, write_beton
 from sgformer.datasets.folder import DataError, class_index, list_images
-from sgformer.data.loader import create_ffcv_loader, create_folder_loader, create_loader, loader_size
+from sgformer.loader import create_ffcv_loader, create_folder_loader, create_loader, loader_size
 from sgformer.config import Augment, Convert, Data, Loader, Sample
 from sgformer.datasets.sample import write_sample
 
@@ -93,7 +93,7 @@ RANK_SCRIPT = """
 import json, sys
 import torch.distributed as dist
 from sgformer.config import Loader
-from sgformer.data.loader import create_ffcv_loader
+from sgformer.loader import create_ffcv_loader
 dist.init_process_group('gloo')
 loader = create_ffcv_loader(sys.argv[1], train=True, batch_size=4, img_size=32, loader=Loader(num_workers=1),
                             distributed=True)

@@ -11,8 +11,8 @@ from PIL import Image
 from timm.data import auto_augment as aa
 
 from conftest import CountOps
-from sgformer.data import rand_augment as ra
-from sgformer.data.rand_augment import FILL, BatchRandAugment, apply_op, vector_level_fn
+from sgformer.augment import rand_augment as ra
+from sgformer.augment.rand_augment import FILL, BatchRandAugment, apply_op, vector_level_fn
 from sgformer.datasets.sample import draw_image
 
 DRAWS = 20_000  # images per sampling comparison: about 1,300 applied draws per op

@@ -7,7 +7,7 @@ import torch
 
 from conftest import CountOps
 from sgformer.config import Augment
-from sgformer.data.transforms import BatchRandomErasing, EvalTransform, TrainTransform, normalize
+from sgformer.augment.transforms import BatchRandomErasing, EvalTransform, TrainTransform, normalize
 
 OFFICIAL = Augment(auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0, smoothing=0.1)
 

@@ -1,9 +1,9 @@
-"""`pipeline.significance`: the evaluate stage's significance-map picture for any image files."""
+"""`pipeline.tools.significance`: the evaluate stage's significance-map picture for any image files."""
 import pytest
 import torch
 from PIL import Image
 
-from pipeline.significance import load_images, main
+from pipeline.tools.significance import load_images, main
 from sgformer.export import save_export
 
 KWARGS = dict(img_size=64, num_classes=3, drop_path_rate=0.0)

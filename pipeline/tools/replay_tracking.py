@@ -1,7 +1,7 @@
 """Send tracking that could not reach MLflow (the server was down when a stage ran) into its runs.
 
-    python -m pipeline.replay_tracking                     # every waiting session, to its own tracking URI
-    python -m pipeline.replay_tracking --tracking-uri http://mlflow.internal:5000   # the server moved
+    python -m pipeline.tools.replay_tracking                     # every waiting session, to its own tracking URI
+    python -m pipeline.tools.replay_tracking --tracking-uri http://mlflow.internal:5000   # the server moved
 
 A stage that cannot reach MLflow keeps its params, tags, metrics (with their steps and times),
 artifact paths, dataset inputs and model in `<tracking.offline_dir>/<session>/queue.jsonl` and

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import Checkpoint, ConfigError, Data, Loader, Runtime, Tracking, Variant
-from ..data.loader import create_loader
+from ..loader import create_loader
 from ..datasets.beton import skipped_images
 from ..export import save_export
 from ..io import write_json_atomic, write_tsv_atomic

@@ -5,7 +5,7 @@ The released ImageNet-1k checkpoints of S, M and B are in the Google Drive folde
 official README (https://github.com/OliverRensu/SG-Former#checkpoint). Download the one you want,
 e.g. as sgformer_s.pth, then:
 
-    python -m pipeline.import_official --checkpoint sgformer_s.pth --model sgformer_s --out models/official_s \\
+    python -m pipeline.tools.import_official --checkpoint sgformer_s.pth --model sgformer_s --out models/official_s \\
         --class-index data/betons/class_index.json
     python -m pipeline.evaluate --variant official_s --model-dir models/official_s
 

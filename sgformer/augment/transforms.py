@@ -1,7 +1,7 @@
 """Batched augmentation on the device, after the loader: the official train recipe on tensors.
 
 Loaders yield uint8 `B, 3, H, W` batches. `TrainTransform` applies, per sample, timm's RandAugment
-(`sgformer.data.rand_augment`: timm parses the spec and its sampling is reproduced per image, the
+(`sgformer.augment.rand_augment`: timm parses the spec and its sampling is reproduced per image, the
 ops run on whole groups of images), then normalises, then random erasing (timm's pixel mode,
 batched) and timm `Mixup`/CutMix with label smoothing on the whole batch. `EvalTransform` only
 normalises. All randomness of batch `index` comes from `seed + index`, so the same batches give the

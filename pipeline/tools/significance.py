@@ -1,7 +1,7 @@
 """Significance maps of your own images: the evaluate stage's picture (each self-guided block's
 significance map and token bands, per image) for any image files and any export folder.
 
-    python -m pipeline.significance --model-dir models/nano photo1.jpg photo2.png --out plots/mine
+    python -m pipeline.tools.significance --model-dir models/nano photo1.jpg photo2.png --out plots/mine
 
 Writes <out>/significance_stage<i>.png, one per stage with self-guided blocks. Images are resized
 and centre-cropped to the export's resolution as the evaluation does (crop_pct of the short side).
@@ -41,7 +41,7 @@ def load_images(paths: list[Path], img_size: int, crop_pct: float) -> torch.Tens
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from sgformer.data.transforms import normalize
+    from sgformer.augment.transforms import normalize
     from sgformer.eval.pictures import significance_grids
     from sgformer.export import ExportError, load_export
     try:

@@ -2,7 +2,7 @@
 
 Both yield `(images, labels)`: uint8 `B, 3, H, W` images (values 0-255) and int64 labels `B`, on
 the requested device; normalisation and the rest of the recipe run on the device afterwards
-(`sgformer.data.transforms`). Train: random-resized crop (`augment.scale`, `augment.ratio`) +
+(`sgformer.augment.transforms`). Train: random-resized crop (`augment.scale`, `augment.ratio`) +
 flip, `drop_last`. Val: centre crop of `augment.crop_pct` of the short side (the official eval
 transform).
 """
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import Augment, Data, Loader
-from ..datasets.beton import check_beton, check_images
-from ..datasets.folder import DataError, class_index, list_images
-from ..datasets.numba_cache import import_ffcv
+from .config import Augment, Data, Loader
+from .datasets.beton import check_beton, check_images
+from .datasets.folder import DataError, class_index, list_images
+from .datasets.numba_cache import import_ffcv
 
 
 def _label_pipeline(device: torch.device) -> list:
@@ -122,7 +122,7 @@ def create_folder_loader(root: str | Path, *, train: bool, batch_size: int, img_
                          augment: Augment = Augment(), distributed: bool = False,
                          device: str | torch.device = 'cpu', seed: int = 0, exclude: frozenset[str] | None = None):
     """A torchvision-transformed folder dataset + `DataLoader` with the same crops and output as
-    `create_ffcv_loader`, over the files `sgformer.data.folder` lists (the convert stage's view).
+    `create_ffcv_loader`, over the files `sgformer.datasets.folder` lists (the convert stage's view).
 
     Args:
         root: an ImageNet-layout folder (`<root>/{train,val}/<synset>/*.JPEG`).
