@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    params = load_params_or_exit(args.params)
+    params = load_params_or_exit(args.params, data_source=args.src is None)
     with exit_on_user_errors(DataError):
         stats = convert_folder(args.src or params.data.source, args.out or params.data.betons, params.convert,
                                report=args.report)

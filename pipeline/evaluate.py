@@ -1,5 +1,5 @@
 """DVC stage `evaluate`: accuracy, speed, size and significance-map pictures of one exported variant.
-Params read: eval, data, loader, variants.<name> (its augment.crop_pct), runtime.compile, tracking.
+Params read: eval, data, loader, runtime.compile, tracking.
 
     python -m pipeline.evaluate --variant nano                     # models/nano, as the stage runs it
     python -m pipeline.evaluate --variant official_s --model-dir models/official_s   # any export folder
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sgformer.cli import exit_on_user_errors, load_params_or_exit
+from sgformer.cli import exit_on_user_errors, load_params_or_exit, variant_or_exit
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,20 +28,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    params = load_params_or_exit(args.params)
-    variant = params.variants.get(args.variant)
-    if variant is None and args.model_dir is None:
-        sys.exit(f'error: {args.params}: variants.{args.variant}: no such variant '
-                 f'(variants: {", ".join(params.variants)}); pass --model-dir to evaluate any export')
+    params = load_params_or_exit(args.params, data_source=True)
+    if args.model_dir is None:
+        variant_or_exit(params, args.variant, args.params, hint='; pass --model-dir to evaluate any export')
     from sgformer.datasets.folder import DataError
     from sgformer.eval.evaluation import EvalPaths, evaluate_export
     from sgformer.export import ExportError
     paths = EvalPaths(model_dir=Path(args.model_dir or Path(args.models) / args.variant), report=Path(args.report),
                       metrics=Path(args.metrics) / f'eval_{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
-    augment = variant.augment if variant is not None else params.augment
     with exit_on_user_errors(ExportError, DataError):
         results = evaluate_export(args.variant, paths=paths, eval_cfg=params.eval, data=params.data,
-                                  loader=params.loader, augment=augment, tracking=params.tracking,
+                                  loader=params.loader, tracking=params.tracking,
                                   compile_setting=params.runtime.compile)
     print(f"{args.variant}: top-1 {results['top1']:.4f}, top-5 {results['top5']:.4f} on {results['images']} images "
           f"at {results['img_size']} px; {results['img_s']:.0f} img/s ({results['speed_device']}, "

@@ -1,5 +1,5 @@
 """DVC stage `train`: trains one variant (FSDP2 over several ranks). Params read: data, loader,
-train, augment, runtime, checkpoint, tracking, variants.<name>.
+train, augment, runtime, checkpoint, tracking, eval.crop_pct, variants.<name>.
 
     python -m pipeline.train --variant nano                        # world_size from params.yaml
     torchrun --standalone --nproc_per_node=8 -m pipeline.train --variant s
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sgformer.cli import exit_on_user_errors, load_params_or_exit
+from sgformer.cli import exit_on_user_errors, load_params_or_exit, variant_or_exit
 from sgformer.config import ConfigError
 
 
@@ -39,11 +39,8 @@ def _relaunch_under_torchrun(world_size: int, argv: list[str]) -> int:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    params = load_params_or_exit(args.params)
-    if args.variant not in params.variants:
-        sys.exit(f'error: {args.params}: variants.{args.variant}: no such variant '
-                 f'(variants: {", ".join(params.variants)})')
-    variant = params.variants[args.variant]
+    params = load_params_or_exit(args.params, data_source=True)
+    variant = variant_or_exit(params, args.variant, args.params)
     if variant.world_size > 1 and 'LOCAL_RANK' not in os.environ:
         sys.exit(_relaunch_under_torchrun(variant.world_size, argv))
 
@@ -57,8 +54,8 @@ def main(argv=None) -> None:
                      metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
     with exit_on_user_errors(ConfigError, DataError, ExportError, NonFiniteLossError, CheckpointFolderError):
         train_variant(args.variant, variant, data=params.data, loader=params.loader, runtime=params.runtime,
-                      checkpoint=params.checkpoint, tracking=params.tracking, paths=paths,
-                      run_settings=params.run_settings(args.variant))
+                      checkpoint=params.checkpoint, tracking=params.tracking, val_crop_pct=params.eval.crop_pct,
+                      paths=paths, run_settings=params.run_settings(args.variant))
 
 
 if __name__ == '__main__':

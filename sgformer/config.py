@@ -9,7 +9,9 @@ tracks every key, and a test checks that it states nothing else. Profiles (`prof
 the official ImageNet recipes) are complete params files of their own.
 
 Stages load the file with `load_params(path)`; a malformed file stops with one message that names
-the file, the dotted key and the reason. Validation imports neither torch nor timm:
+the file, the dotted key and the reason. Validation reads only the file: it never looks at the
+data folder (the stages that read `data.source` check it, `sgformer.cli.load_params_or_exit`), and
+it imports neither torch nor timm, unless a RandAugment spec is set (timm parses it):
 
     python -m sgformer.config check [params.yaml]     # validate and print the resolved config
 """
@@ -29,11 +31,6 @@ SGFORMER_MODELS = ('sgformer_nano', 'sgformer_tiny', 'sgformer_s', 'sgformer_m',
 # A variant name becomes a DVC stage name (`train@<name>`), a folder and a shell word: letters,
 # digits, `_` and `-` only (`.` would hide later edits from DVC's params dependency).
 VARIANT_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_-]*$')
-
-# timm's RandAugment spec sections (timm.data.auto_augment.rand_augment_transform)
-_RAND_NUMERIC = {'m': int, 'n': int, 'p': float, 'mstd': float, 'mmax': int, 'inc': int}
-_RAND_TRANSFORM_SETS = ('weights', '3a', '3aw')
-
 
 class ConfigError(ValueError):
     """A user error in params.yaml, already phrased for the user."""
@@ -93,27 +90,38 @@ class Loader(_Section):
 
 
 def check_rand_augment_spec(spec: str) -> str:
-    """Raise ValueError unless `spec` is a timm RandAugment spec (`rand-m9-mstd0.5-inc1`, ...)."""
-    sections = spec.split('-')
-    if sections[0] != 'rand':
+    """Raise ValueError unless timm parses `spec` as a RandAugment spec and uses every section of it.
+
+    timm's `rand_augment_transform` is the grammar (imported only when a spec is set: validating the
+    demo's params.yaml loads no torch). Each section is parsed by timm alone, so its error names the
+    section. Two of timm's leniencies are refused, since a typo would silently train with another
+    policy: a section without a number (timm skips it) and an unknown transform set `t<name>`
+    (timm falls back to its default set).
+    """
+    from timm.data.auto_augment import rand_augment_choices, rand_augment_transform
+    name, *sections = spec.split('-')
+    if name != 'rand':
         raise ValueError(f'only RandAugment specs (rand-...) are supported, got {spec!r}')
-    for section in sections[1:]:
+    for section in sections:
         if section.startswith('t'):
-            if section[1:] not in _RAND_TRANSFORM_SETS:
-                raise ValueError(f'{spec!r}: unknown transform set {section!r} (t{", t".join(_RAND_TRANSFORM_SETS)})')
+            if rand_augment_choices(section[1:]) is rand_augment_choices(''):
+                raise ValueError(f'{spec!r}: unknown transform set {section!r}')
             continue
-        key, value = re.match(r'^([a-z]*)(.*)$', section).groups()
-        if key not in _RAND_NUMERIC:
-            raise ValueError(f'{spec!r}: unknown section {section!r} (known: {", ".join(_RAND_NUMERIC)}, t<set>)')
+        key = re.match(r'^[a-z]*', section).group(0)
+        if key == section:
+            raise ValueError(f'{spec!r}: {section!r} needs a number after {key!r}')
         try:
-            _RAND_NUMERIC[key](value)
+            rand_augment_transform(f'rand-{section}', {})
+        except AssertionError:  # timm: 'Unknown RandAugment config section'
+            raise ValueError(f'{spec!r}: unknown section {section!r}') from None
         except ValueError:
             raise ValueError(f'{spec!r}: {section!r} needs a number after {key!r}') from None
+    rand_augment_transform(spec, {})
     return spec
 
 
 class Augment(_Section):
-    """Training augmentation (timm names) and the eval crop. The defaults are light, for minutes of
+    """Training augmentation (timm names). The defaults are light, for minutes of
     training on the sample; the ImageNet profile sets the official recipe."""
 
     scale: tuple[Fraction, Fraction] = Field((0.35, 1.0), description='RandomResizedCrop area range (official: 0.08-1).')
@@ -125,7 +133,6 @@ class Augment(_Section):
     mixup: float = Field(0.0, ge=0, description='Mixup alpha, 0: off (official: 0.8).')
     cutmix: float = Field(0.0, ge=0, description='CutMix alpha, 0: off (official: 1.0).')
     smoothing: Fraction = Field(0.1, description='Label smoothing of the (mixed) targets.')
-    crop_pct: float = Field(0.9, gt=0, le=1, description='Eval centre crop: crop side / resized side.')
 
     @field_validator('auto_augment')
     @classmethod
@@ -267,6 +274,8 @@ class Eval(_Section):
     weights: Literal['ema', 'raw'] = Field('ema', description='Which exported weights to evaluate.')
     device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when available, else CPU.')
     batch_size: int = Field(64, ge=1, description='Images per batch when computing accuracy.')
+    crop_pct: float = Field(0.9, gt=0, le=1, description='Val centre crop: crop side / resized short side (the '
+                            "official eval transform; also the train stage's per-epoch validation).")
     speed_batch_size: int = Field(64, ge=1, description='Batch size of the throughput and latency measurement.')
     speed_steps: int = Field(10, ge=1, description='Timed forward passes (after 2 untimed ones).')
     resolutions: list[Annotated[int, Field(gt=0, multiple_of=32)]] = Field(
@@ -305,11 +314,6 @@ class Params(_Section):
         for name, v in resolved.items():
             _check_batch(f'variants.{name}.batch_size', v)
         object.__setattr__(self, 'variants', resolved)
-        source = Path(self.data.source)
-        if self.data.source != self.sample.out and not source.is_dir():
-            raise _KeyError('data.source', f'folder {source} not found (only sample.out may be missing: make_sample writes it)')
-        if source.is_dir():
-            _check_classes(source)
         return self
 
     def run_settings(self, name: str) -> dict[str, Any]:
@@ -318,16 +322,8 @@ class Params(_Section):
         variant = self.variants[name]
         return dict(variant=name, model=variant.model,
                     train={k: getattr(variant, k) for k in INHERITED}, augment=variant.augment.model_dump(),
+                    eval=dict(crop_pct=self.eval.crop_pct),  # the per-epoch validation's crop
                     **self.model_dump(include={'data', 'loader', 'runtime', 'checkpoint'}))
-
-
-def _check_classes(source: Path) -> None:
-    """train/ and val/ exist and hold the same class folders (cheap: two directory listings)."""
-    from .datasets.folder import DataError, class_index
-    try:
-        class_index(source)
-    except DataError as e:
-        raise _KeyError('data.source', str(e)) from None
 
 
 def _inherit(key: str, variant, train: Train, augment: Augment):

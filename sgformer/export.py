@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
 from .io import write_json_atomic
-from .models.sgformer import checkpoint_filter_fn
+from .models import checkpoint_filter_fn  # importing sgformer.models registers the models with timm
 
 WEIGHT_FILES = {'ema': 'model.safetensors', 'raw': 'raw.safetensors'}
 

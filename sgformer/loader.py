@@ -3,15 +3,15 @@
 Both yield `(images, labels)`: uint8 `B, 3, H, W` images (values 0-255) and int64 labels `B`, on
 the requested device; normalisation and the rest of the recipe run on the device afterwards
 (`sgformer.augment.transforms`). Train: random-resized crop (`augment.scale`, `augment.ratio`) +
-flip, `drop_last`. Val: centre crop of `augment.crop_pct` of the short side (the official eval
-transform).
+flip, `drop_last`. Val: centre crop of `crop_pct` of the short side (`eval.crop_pct`, the official
+eval transform).
 """
 import sys
 from pathlib import Path
 
 import torch
 
-from .config import Augment, Data, Loader
+from .config import Augment, Data, Eval, Loader
 from .datasets.beton import check_beton, check_images
 from .datasets.folder import DataError, class_index, list_images
 from .datasets.numba_cache import import_ffcv
@@ -25,7 +25,7 @@ def _label_pipeline(device: torch.device) -> list:
 
 
 def create_ffcv_loader(path: str | Path, *, train: bool, batch_size: int, img_size: int, loader: Loader = Loader(),
-                       augment: Augment = Augment(), distributed: bool = False,
+                       augment: Augment = Augment(), crop_pct: float = Eval().crop_pct, distributed: bool = False,
                        device: str | torch.device = 'cpu', seed: int = 0):
     """An FFCV `Loader` over a beton written by `sgformer.datasets.beton`.
 
@@ -35,7 +35,8 @@ def create_ffcv_loader(path: str | Path, *, train: bool, batch_size: int, img_si
         batch_size: images per batch on this rank.
         img_size: side of the square output.
         loader: worker threads, OS page cache, batches prepared ahead.
-        augment: crop scale / ratio, flip probability, eval crop_pct.
+        augment: the train crop's scale / ratio and the flip probability.
+        crop_pct: the val centre crop's side over the resized short side.
         distributed: split every epoch across the torch.distributed ranks (RANDOM order when training).
         device: where batches land; on CUDA the copy is asynchronous.
         seed: the order and crop seed.
@@ -63,7 +64,7 @@ def create_ffcv_loader(path: str | Path, *, train: bool, batch_size: int, img_si
         image = [crop, RandomHorizontalFlip(augment.hflip)]
         order = OrderOption.RANDOM if distributed else OrderOption.QUASI_RANDOM
     else:
-        image = [CenterCropRGBImageDecoder((img_size, img_size), ratio=augment.crop_pct)]
+        image = [CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_pct)]
         order = OrderOption.SEQUENTIAL
     image += [ToTensor(), *([ToDevice(device, non_blocking=True)] if device.type == 'cuda' else []), ToTorchImage()]
     # numba refuses more threads than the machine has cores (a GPU-node setting on a small machine)
@@ -119,7 +120,7 @@ class _Images(torch.utils.data.Dataset):
 
 
 def create_folder_loader(root: str | Path, *, train: bool, batch_size: int, img_size: int, loader: Loader = Loader(),
-                         augment: Augment = Augment(), distributed: bool = False,
+                         augment: Augment = Augment(), crop_pct: float = Eval().crop_pct, distributed: bool = False,
                          device: str | torch.device = 'cpu', seed: int = 0, exclude: frozenset[str] | None = None):
     """A torchvision-transformed folder dataset + `DataLoader` with the same crops and output as
     `create_ffcv_loader`, over the files `sgformer.datasets.folder` lists (the convert stage's view).
@@ -141,7 +142,7 @@ def create_folder_loader(root: str | Path, *, train: bool, batch_size: int, img_
         crop = [v2.RandomResizedCrop(img_size, scale=tuple(augment.scale), ratio=tuple(augment.ratio), antialias=True),
                 v2.RandomHorizontalFlip(augment.hflip)]
     else:
-        crop = [v2.Resize(int(img_size / augment.crop_pct), antialias=True), v2.CenterCrop(img_size)]
+        crop = [v2.Resize(int(img_size / crop_pct), antialias=True), v2.CenterCrop(img_size)]
     root = Path(root)
     samples = list_images(root / ('train' if train else 'val'), class_index(root))
     if exclude is None:
@@ -165,13 +166,13 @@ def _unreadable(samples: list[tuple[str, int]], workers: int) -> frozenset[str]:
     return frozenset(b['path'] for b in bad)
 
 
-def create_loader(split: str, *, data: Data, loader: Loader, augment: Augment, img_size: int, batch_size: int,
-                  seed: int = 0, device: str | torch.device = 'cpu', distributed: bool = False,
-                  exclude: frozenset[str] | None = None):
+def create_loader(split: str, *, data: Data, loader: Loader, img_size: int, batch_size: int,
+                  augment: Augment = Augment(), crop_pct: float = Eval().crop_pct, seed: int = 0,
+                  device: str | torch.device = 'cpu', distributed: bool = False, exclude: frozenset[str] | None = None):
     """The `data.backend` loader of one split: `ffcv` reads `<data.betons>/<split>.beton`, `folder`
     reads `<data.source>/<split>` (leaving out `exclude`, or the files that don't decode)."""
     common = dict(train=split == 'train', batch_size=batch_size, img_size=img_size, loader=loader, augment=augment,
-                  distributed=distributed, device=device, seed=seed)
+                  crop_pct=crop_pct, distributed=distributed, device=device, seed=seed)
     if data.backend == 'ffcv':
         return create_ffcv_loader(Path(data.betons) / f'{split}.beton', **common)
     return create_folder_loader(data.source, exclude=exclude, **common)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sgformer.cli import load_params_or_exit
 from sgformer.config import SGFORMER_MODELS, ConfigError, Params, load_params, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,6 @@ def test_repo_params_file_is_valid():
     (GOOD + 'convert: {max_bad_fraction: 1.5}\n', 'convert.max_bad_fraction', 'less than or equal to 1'),
     (GOOD + 'loader: {os_cahce: true}\n', 'loader.os_cahce', 'Extra inputs are not permitted'),
     (GOOD + 'data: {backend: dali}\n', 'data.backend', "'ffcv' or 'folder'"),
-    (GOOD + 'data: {source: /no/such/imagenet}\n', 'data.source', 'folder /no/such/imagenet not found'),
     (GOOD + 'augment: {auto_augment: original}\n', 'augment.auto_augment', 'only RandAugment'),
     (GOOD + 'sample: {min_size: 200, max_size: 100}\n', 'sample', 'larger than max_size'),
     (GOOD + '    batch_size: 10\n    world_size: 4\n', 'variants.nano.batch_size', 'not divisible by world_size 4'),
@@ -129,7 +129,7 @@ def test_validation_imports_neither_torch_nor_timm():
 
 def test_model_names_are_the_registered_ones():
     import timm
-    import sgformer  # noqa: F401
+    import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
     assert sorted(SGFORMER_MODELS) == sorted(timm.list_models('sgformer_*'))
 
 
@@ -158,20 +158,29 @@ def test_imagenet_profile_states_every_key():
             assert set(written[section]) == set(values), section
 
 
-def test_a_val_class_missing_from_train_is_caught_by_the_check(tmp_path):
+def test_validation_never_reads_the_data_folder_and_the_stages_check_it(tmp_path):
+    path = write(tmp_path, GOOD + 'data: {source: /no/such/imagenet}\n')
+    assert load_params(path).data.source == '/no/such/imagenet'
+    with pytest.raises(SystemExit, match=f'error: {path}: data.source: folder /no/such/imagenet not found'):
+        load_params_or_exit(path, data_source=True)
+    sample = write(tmp_path, GOOD + 'data: {source: data/elsewhere}\nsample: {out: data/elsewhere}\n')
+    assert load_params_or_exit(sample, data_source=True).data.source == 'data/elsewhere'  # make_sample writes it
+
+
+def test_a_val_class_missing_from_train_is_caught_by_the_stages_check(tmp_path):
     for split, classes in (('train', ['n01', 'n02']), ('val', ['n01', 'n03'])):
         for name in classes:
             (tmp_path / 'imagenet' / split / name).mkdir(parents=True)
     path = write(tmp_path, GOOD + f'data: {{source: {tmp_path / "imagenet"}}}\n')
-    with pytest.raises(ConfigError, match=r"data.source: .*only in train: \['n02'\], only in val: \['n03'\]"):
-        load_params(path)
+    with pytest.raises(SystemExit, match=r"data.source: .*only in train: \['n02'\], only in val: \['n03'\]"):
+        load_params_or_exit(path, data_source=True)
 
 
 def test_existing_data_source_and_odd_batch_without_mixing_are_accepted(tmp_path):
     for split in ('train', 'val'):
         (tmp_path / 'imagenet' / split / 'n01').mkdir(parents=True)
     text = GOOD + f'data: {{source: {tmp_path / "imagenet"}}}\naugment: {{mixup: 0, cutmix: 0}}\ntrain: {{batch_size: 3}}\n'
-    params = load_params(write(tmp_path, text))
+    params = load_params_or_exit(write(tmp_path, text), data_source=True)
     assert params.data.source == str(tmp_path / 'imagenet') and params.variants['nano'].batch_size == 3
 
 

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.export import ExportError, check_classes, load_export, read_card, save_export
 
 KWARGS = dict(num_classes=3, img_size=64, drop_path_rate=0.1)

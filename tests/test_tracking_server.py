@@ -26,7 +26,7 @@ import timm
 import torch
 from tqdm import tqdm
 
-import sgformer  # noqa: F401  (registers the models)
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.config import Data, Sample, Tracking, load_params
 from sgformer.datasets.sample import write_sample
 from sgformer.export import save_export

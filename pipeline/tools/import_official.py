@@ -23,7 +23,7 @@ import torch
 
 from sgformer.cli import exit_on_user_errors
 from sgformer.export import save_export
-from sgformer.models.sgformer import checkpoint_filter_fn, load_official_checkpoint
+from sgformer.models import checkpoint_filter_fn, load_official_checkpoint  # registers the models with timm
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import torch
 
+from sgformer.config import Eval
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('images', nargs='+', type=Path, help='image files (any format PIL reads)')
     p.add_argument('--model-dir', required=True, type=Path, help='an export folder (card.json + safetensors)')
-    p.add_argument('--weights', default='ema', choices=['ema', 'raw'])
-    p.add_argument('--crop-pct', type=float, default=0.9, help='centre crop: crop side / resized short side')
+    p.add_argument('--weights', default=Eval().weights, choices=['ema', 'raw'])
+    p.add_argument('--crop-pct', type=float, default=Eval().crop_pct,
+                   help='centre crop: crop side / resized short side (default: eval.crop_pct)')
     p.add_argument('--out', required=True, type=Path, help='folder for the PNGs')
     return p.parse_args(argv)
 

@@ -38,6 +38,21 @@ def class_index(root: str | Path) -> dict[str, int]:
     return {name: i for i, name in enumerate(train)}
 
 
+def check_source(source: str | Path, *, written_by_make_sample: bool = False) -> None:
+    """The checks a stage that reads `data.source` makes first (two directory listings): the folder
+    exists, unless the make_sample stage writes it, and train/ and val/ hold the same classes.
+
+    Raises:
+        DataError: what is wrong with the folder.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        if written_by_make_sample:
+            return
+        raise DataError(f'folder {source} not found (only sample.out may be missing: make_sample writes it)')
+    class_index(source)
+
+
 def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMG_EXTENSIONS)
 

@@ -16,8 +16,31 @@ imported, for what numba can cache safely:
 numba's key covers the bytecode, the closure's values, the signature and the CPU; it leaves out
 the compile options because one decorator usually fixes them. FFCV compiles the same function
 serially or in parallel depending on its thread count, so the key here adds the options.
+
+This reaches into FFCV's compiler and numba's cache classes, which change between releases, so it
+runs only with the versions it was written for (`WRITTEN_FOR`, the pins of pyproject.toml); with
+others, or with `SGFORMER_NUMBA_CACHE=0` in the environment, FFCV is imported as it is and compiles
+in every process (one line on stderr says why, for other versions). The fix upstream is for FFCV
+to pass `cache=True` to numba.
 """
 import functools
+import os
+import sys
+from importlib.metadata import version
+
+WRITTEN_FOR = {'ffcv': '1.0.2', 'numba': '0.68.1'}
+SWITCH = 'SGFORMER_NUMBA_CACHE'  # '0': off
+
+
+def cache_unavailable(installed: dict[str, str], environ=os.environ) -> str | None:
+    """Why the disk cache stays off (switched off, or other versions installed), or None."""
+    if environ.get(SWITCH) == '0':
+        return f'{SWITCH}=0'
+    other = [f'{name} {installed[name]}' for name, wanted in WRITTEN_FOR.items() if installed[name] != wanted]
+    if other:
+        written = ', '.join(f'{name} {wanted}' for name, wanted in WRITTEN_FOR.items())
+        return f"written for {written}, found {', '.join(other)}"
+    return None
 
 
 @functools.cache
@@ -76,7 +99,14 @@ def _cache_module_functions(module) -> None:
 
 @functools.cache
 def import_ffcv() -> None:
-    """Import FFCV with numba's disk cache on for its compiled code. Call it before any `ffcv` import."""
+    """Import FFCV with numba's disk cache on for its compiled code (when `cache_unavailable` says
+    nothing against it). Call it before any `ffcv` import."""
+    reason = cache_unavailable({name: version(name) for name in WRITTEN_FOR})
+    if reason is not None:
+        if not reason.startswith(SWITCH):
+            print(f'numba disk cache for FFCV off ({reason}): FFCV compiles in every process', file=sys.stderr)
+        import ffcv  # noqa: F401
+        return
     import numba.typed.typeddict
     from numba.core import typeinfer
     from numba.core.dispatcher import Dispatcher

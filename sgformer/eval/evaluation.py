@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Augment, Data, Eval, Loader, Tracking
+from ..config import Data, Eval, Loader, Tracking
 from ..loader import create_loader, loader_size
 from ..augment.transforms import EvalTransform, normalize
 from ..datasets.beton import skipped_images
@@ -52,9 +52,8 @@ class _KeepImages:
 class Evaluator:
     """The model of an export on the evaluation device, and the val loader at any resolution."""
 
-    def __init__(self, paths: EvalPaths, eval_cfg: Eval, *, data: Data, loader: Loader, augment: Augment,
-                 compile_setting: bool | str):
-        self.paths, self.cfg, self.data, self.loader_cfg, self.augment = paths, eval_cfg, data, loader, augment
+    def __init__(self, paths: EvalPaths, eval_cfg: Eval, *, data: Data, loader: Loader, compile_setting: bool | str):
+        self.paths, self.cfg, self.data, self.loader_cfg = paths, eval_cfg, data, loader
         self.device = resolve_device(eval_cfg.device)
         self.dtype = resolve_precision('auto', self.device)
         self.compile = compile_enabled(compile_setting, self.device)
@@ -67,7 +66,7 @@ class Evaluator:
         return model, card
 
     def val_loader(self, img_size: int):
-        return create_loader('val', data=self.data, loader=self.loader_cfg, augment=self.augment, img_size=img_size,
+        return create_loader('val', data=self.data, loader=self.loader_cfg, crop_pct=self.cfg.crop_pct, img_size=img_size,
                              batch_size=self.cfg.batch_size, device=self.device,
                              exclude=skipped_images(self.paths.report))
 
@@ -75,14 +74,14 @@ class Evaluator:
         return predict(model, loader, EvalTransform(), device=self.device, dtype=self.dtype, progress=description)
 
 
-def evaluate_export(name: str, *, paths: EvalPaths, eval_cfg: Eval, data: Data, loader: Loader, augment: Augment,
-                    tracking: Tracking, compile_setting: bool | str = False) -> dict[str, float]:
+def evaluate_export(name: str, *, paths: EvalPaths, eval_cfg: Eval, data: Data, loader: Loader, tracking: Tracking,
+                    compile_setting: bool | str = False) -> dict[str, float]:
     """Evaluate the export in `paths.model_dir`; returns the metrics written to `paths.metrics`.
 
     Raises:
         ExportError: the export is missing, or its classes are not the val data's.
     """
-    evaluator = Evaluator(paths, eval_cfg, data=data, loader=loader, augment=augment, compile_setting=compile_setting)
+    evaluator = Evaluator(paths, eval_cfg, data=data, loader=loader, compile_setting=compile_setting)
     model, card = evaluator.model()
     class_index_file = Path(data.betons) / 'class_index.json'
     check_classes(paths.model_dir, card, json.loads(class_index_file.read_text()), where=str(class_index_file))

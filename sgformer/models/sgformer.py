@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, calculate_drop_path_rates, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import FeatureDictNet, build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
@@ -725,8 +725,8 @@ class SGFormer(nn.Module):
         # Trainable, initialised to the 2-D sin-cos table (the official "fixed" comment notwithstanding).
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dims[0], **dd))
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        stages, cur = [], 0
+        dpr = calculate_drop_path_rates(drop_path_rate, depths, stagewise=True)  # per block, rising over all
+        stages = []
         for i in range(num_stages):
             stages.append(SGFormerStage(
                 dim_in=embed_dims[max(i - 1, 0)],
@@ -741,11 +741,10 @@ class SGFormer(nn.Module):
                 qk_scale=qk_scale,
                 proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate,
-                drop_path=dpr[cur:cur + depths[i]],
+                drop_path=dpr[i],
                 norm_layer=norm_layer,
                 **dd,
             ))
-            cur += depths[i]
         self.stages = nn.Sequential(*stages)
         self.feature_info = [
             dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}') for i in range(num_stages)

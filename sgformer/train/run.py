@@ -50,13 +50,14 @@ def run_fingerprint(variant: Variant, data: Data, class_index: dict, betons: Pat
 
 
 def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, runtime: Runtime,
-                  checkpoint: Checkpoint, tracking: Tracking, paths: RunPaths,
+                  checkpoint: Checkpoint, tracking: Tracking, val_crop_pct: float, paths: RunPaths,
                   run_settings: dict[str, Any]) -> dict[str, float]:
     """Train `variant` and export it; returns the final metrics.
 
     Collective: every rank calls it. Rank 0 alone writes MLflow, metrics, plots and exports.
 
     Args:
+        val_crop_pct: the per-epoch validation's centre crop (`eval.crop_pct`, as the evaluate stage).
         run_settings: logged as the MLflow run's params (`Params.run_settings(name)`).
     """
     info = init_distributed(runtime.device)
@@ -68,7 +69,7 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
                               f'{len(class_index)} classes ({betons / "class_index.json"})')
         # rank 0's view decides: file times may differ between the nodes' copies of the betons
         fingerprint = _broadcast(run_fingerprint(variant, data, class_index, betons))
-        loaders = {split: create_loader(split, data=data, loader=loader, augment=variant.augment,
+        loaders = {split: create_loader(split, data=data, loader=loader, augment=variant.augment, crop_pct=val_crop_pct,
                                         img_size=variant.img_size, batch_size=variant.batch_size // info.world_size,
                                         seed=variant.seed, device=info.device, distributed=info.world_size > 1,
                                         exclude=skipped_images(paths.report))

@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from .. import models  # noqa: F401  (registers the sgformer_* models with timm)
 from ..config import Checkpoint, Runtime, Variant
 from ..augment.transforms import EvalTransform, TrainTransform
 from ..accuracy import accuracy_from_sums, classification_sums

@@ -11,6 +11,7 @@ import pytest
 
 from sgformer.config import Convert, Sample
 from sgformer.datasets.beton import convert_folder
+from sgformer.datasets.numba_cache import SWITCH, WRITTEN_FOR, cache_unavailable
 from sgformer.datasets.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +127,27 @@ def test_a_second_ffcv_loader_process_loads_its_compiled_code(tmp_path):
     cached = {p.name.split('-')[0] for p in (tmp_path / 'cache').rglob('*.nbi')}
     assert {'typeddict._make_dict', 'quasi_random.generate_order_inner', 'flip.RandomHorizontalFlip.generate_code.locals.flip',
             'os_cache.OSCacheManager.compile_reader.locals.read'} <= cached
+
+
+def test_the_cache_runs_only_with_the_versions_it_was_written_for_and_can_be_switched_off():
+    assert cache_unavailable(dict(WRITTEN_FOR), environ={}) is None
+    assert cache_unavailable(dict(WRITTEN_FOR, numba='0.69.0'), environ={}) == \
+        f"written for ffcv {WRITTEN_FOR['ffcv']}, numba {WRITTEN_FOR['numba']}, found numba 0.69.0"
+    assert cache_unavailable(dict(WRITTEN_FOR), environ={SWITCH: '0'}) == f'{SWITCH}=0'
+
+
+SWITCHED = '''
+import json
+from ffcv.pipeline.compiler import Compiler
+from sgformer.datasets.numba_cache import import_ffcv
+original = Compiler.compile.__func__
+import_ffcv()
+print(json.dumps([Compiler.compile.__func__ is original]))
+'''
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize('switch, untouched', [('0', True), ('1', False)])
+def test_switched_off_ffcv_is_imported_as_it_is(tmp_path, monkeypatch, switch, untouched):
+    monkeypatch.setenv(SWITCH, switch)
+    assert run(tmp_path, code=SWITCHED) == [untouched]

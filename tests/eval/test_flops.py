@@ -3,7 +3,7 @@ import timm
 import torch.nn as nn
 import torch.nn.functional as F
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.eval.flops import count_macs
 
 

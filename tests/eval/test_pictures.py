@@ -3,7 +3,7 @@ import timm
 import torch
 from PIL import Image
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.augment.transforms import normalize
 from sgformer.eval.pictures import confusion_png, significance_grids
 from sgformer.models.sgformer import band_index, band_layout

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import sgformer  # noqa: F401  (registers the models)
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.models.sgformer import (
     SG_BANDS,
     HybridScaleAttention,

@@ -11,7 +11,7 @@ from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
 from timm.models._features import feature_take_indices
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
-import sgformer  # noqa: F401  (registers the models)
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.models import sgformer as sg
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures'

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from pipeline.convert import main as convert
 from sgformer.config import Sample
 from sgformer.datasets.sample import write_sample

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.config import Checkpoint, Runtime, resolve_variant
 from sgformer.train.distributed import destroy_distributed, init_distributed
 from sgformer.train.trainer import Trainer

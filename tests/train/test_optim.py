@@ -2,7 +2,7 @@
 import timm
 import pytest
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.config import resolve_variant
 from sgformer.train.optim import create_ema, create_optimizer, create_scheduler, floating_state, update_ema_
 

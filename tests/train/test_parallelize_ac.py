@@ -7,7 +7,7 @@ import pytest
 
 SCRIPT = r'''
 import torch, timm, torch.nn.functional as F
-import sgformer
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from sgformer.train.distributed import init_distributed, destroy_distributed
 from sgformer.config import Runtime

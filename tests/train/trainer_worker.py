@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from timm.loss import SoftTargetCrossEntropy
 
-import sgformer  # noqa: F401
+import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.config import Checkpoint, Runtime, resolve_variant
 from sgformer.train.distributed import destroy_distributed, init_distributed
 from sgformer.train.trainer import NonFiniteLossError, Trainer

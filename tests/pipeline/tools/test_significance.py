@@ -12,7 +12,7 @@ KWARGS = dict(img_size=64, num_classes=3, drop_path_rate=0.0)
 @pytest.fixture
 def export(tmp_path):
     import timm
-    import sgformer  # noqa: F401
+    import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
     torch.manual_seed(0)
     weights = dict(ema=timm.create_model('sgformer_nano', **KWARGS).state_dict())
     save_export(tmp_path / 'nano', model_name='sgformer_nano', model_kwargs=KWARGS, weights=weights,
