@@ -74,7 +74,7 @@ def run_worker(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from sgformer.eval.flops import count_macs  # also counts the CPU SDPA kernel
+    from sgformer.flops import count_macs  # also counts the CPU SDPA kernel
     if spec['threads']:
         torch.set_num_threads(spec['threads'])
     device = torch.device(spec['device'])

@@ -6,7 +6,7 @@ import torch
 
 import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
 from sgformer.cli import load_params_or_exit
-from sgformer.eval.flops import model_size
+from sgformer.flops import model_size
 from sgformer.io import write_json_atomic
 
 

@@ -144,12 +144,26 @@ class Augment(_Section):
         return self.mixup > 0 or self.cutmix > 0
 
 
+class ProgressiveResize(_Section):
+    """ffcv-imagenet's progressive resizing: train at `min_size` up to epoch `start_ramp`, then at a
+    side growing linearly to `img_size` at epoch `end_ramp` (rounded down to a multiple of 32), then
+    at `img_size`. Validation always runs at `img_size`."""
+
+    min_size: int = Field(gt=0, multiple_of=32, description='Training side of the first epochs (multiple of 32).')
+    start_ramp: int = Field(ge=0, description='Last epoch (0-based) at min_size.')
+    end_ramp: int = Field(ge=0, description='First epoch at img_size.')
+
+
 class Train(_Section):
     """Training settings; every variant inherits them and may override any of them."""
 
     epochs: int = Field(8, ge=1, description='Training epochs.')
-    batch_size: int = Field(64, ge=1, description='Global batch size (split evenly over world_size ranks).')
+    batch_size: int = Field(64, ge=1, description='Global batch size of one optimizer step (split evenly over '
+                            'world_size ranks and grad_accum_steps micro-steps).')
     world_size: int = Field(1, ge=1, description='Number of training processes (GPUs, or CPU ranks).')
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step (timm's --grad-accum-steps): "
+                                  'each rank runs batch_size / (world_size * grad_accum_steps) images at a time, '
+                                  'the update is the one of the whole batch.')
     lr: float = Field(2e-3, gt=0, description='Peak learning rate (AdamW) at lr_base_batch images per step.')
     lr_base_batch: int | None = Field(None, ge=1, description='Batch size `lr` is meant for: the run uses '
                                       'lr * batch_size / lr_base_batch (linear scaling); null: lr as given.')
@@ -163,16 +177,32 @@ class Train(_Section):
     grad_clip: float | None = Field(1.0, gt=0, description='Clip the gradient norm to this (null: no clipping).')
     max_nonfinite_steps: int = Field(10, ge=1, description='Abort after this many consecutive NaN/inf losses.')
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description='Stochastic depth at the deepest block.')
-    img_size: int = Field(64, gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32).')
-    num_classes: int = Field(10, ge=0, description='Classifier outputs (0: no classifier).')
+    img_size: int = Field(64, gt=0, multiple_of=32, description='Training resolution (square side, multiple of 32); '
+                          'also the validation resolution.')
+    progressive_resize: ProgressiveResize | None = Field(None, description='Train at smaller sides first '
+                                                         '(ffcv-imagenet); null: always at img_size.')
+    num_classes: int | None = Field(None, ge=0, description="Classifier outputs (0: no classifier); null: the betons' "
+                                    'class count (class_index.json); a number that disagrees is refused at start.')
+    init_from: str | None = Field(None, min_length=1, description='Start from these weights (fine-tuning): an export '
+                                  'folder (models/<variant>) or an official .pth (path or http(s) URL); the EMA weights, '
+                                  'pos_embed resampled, the classifier re-initialised for another class count. null: '
+                                  'random initialisation.')
+    layer_decay: float | None = Field(None, gt=0, le=1, description="Layer-wise lr decay (timm's, through the model's "
+                                      'group_matcher): each block group earlier gets this factor more; null: off.')
     seed: int = Field(0, ge=0, description='Seed of weights, data order and augmentation.')
 
 
 INHERITED = tuple(Train.model_fields)
 
 
+def _nullable(info) -> bool:
+    """Whether a field's type takes None (then a variant's explicit null means null, not "inherit")."""
+    return type(None) in getattr(info.annotation, '__args__', ())
+
+
 def _override(info, section: str) -> tuple:
-    """A field of a shared section as an optional variant field: same type and ranges, None meaning "inherit"."""
+    """A field of a shared section as an optional variant field: same type and ranges, None (or the
+    key left out) meaning "inherit"; for a field that takes null, only the key left out inherits."""
     annotation = info.annotation | None
     if info.metadata:
         annotation = Annotated[annotation, *info.metadata]
@@ -199,15 +229,20 @@ class _VariantBase(_Section):
         Raises:
             ValidationError: the merged augmentation breaks the `Augment` schema.
         """
-        update = {k: getattr(train, k) for k in INHERITED if getattr(self, k) is None}
+        update = {k: getattr(train, k) for k in INHERITED if k not in self.model_fields_set
+                  or (getattr(self, k) is None and not _nullable(Train.model_fields[k]))}
         # keys written in the variant win, an explicit null included (`auto_augment: null` disables it)
         own = self.augment.model_dump(exclude_unset=True) if self.augment is not None else {}
         update['augment'] = Augment.model_validate({**augment.model_dump(), **own})
         return self.model_copy(update=update)
 
     def model_kwargs(self) -> dict:
-        """Keyword arguments for `timm.create_model(self.model, **kwargs)`."""
+        """Keyword arguments for `timm.create_model(self.model, **kwargs)` (num_classes resolved)."""
         return dict(img_size=self.img_size, num_classes=self.num_classes, drop_path_rate=self.drop_path_rate)
+
+    def micro_batch(self) -> int:
+        """Images one rank runs at a time: batch_size / (world_size * grad_accum_steps)."""
+        return self.batch_size // (self.world_size * self.grad_accum_steps)
 
     def scaled_lr(self) -> float:
         """The peak learning rate of this run, linearly scaled from `lr_base_batch` when set."""
@@ -312,7 +347,8 @@ class Params(_Section):
     def _resolve(self):
         resolved = {name: _inherit(f'variants.{name}', v, self.train, self.augment) for name, v in self.variants.items()}
         for name, v in resolved.items():
-            _check_batch(f'variants.{name}.batch_size', v)
+            _check_batch(f'variants.{name}', v)
+            _check_progressive_resize(f'variants.{name}.progressive_resize', v)
         object.__setattr__(self, 'variants', resolved)
         return self
 
@@ -334,12 +370,33 @@ def _inherit(key: str, variant, train: Train, augment: Augment):
         raise _KeyError(f"{key}.augment.{_dotted(err['loc'])}", err['msg']) from None
 
 
-def _check_batch(key: str, v: Variant) -> None:
+def _check_batch(variant_key: str, v: Variant) -> None:
+    key = f'{variant_key}.batch_size'
     if v.batch_size % v.world_size:
         raise _KeyError(key, f'{v.batch_size} is not divisible by world_size {v.world_size}')
-    if v.augment.mixing and (v.batch_size // v.world_size) % 2:
+    per_rank = v.batch_size // v.world_size
+    if v.augment.mixing and per_rank % 2:
         raise _KeyError(key, f'{v.batch_size} / world_size {v.world_size} is odd; mixup/cutmix pair samples '
                         'and need an even batch per rank')
+    if per_rank % v.grad_accum_steps:
+        raise _KeyError(f'{variant_key}.grad_accum_steps', f'{v.grad_accum_steps} does not divide the batch per rank '
+                        f'({v.batch_size} / world_size {v.world_size} = {per_rank})')
+
+
+def _check_progressive_resize(key: str, v: Variant) -> None:
+    ramp = v.progressive_resize
+    if ramp is None:
+        return
+    if ramp.min_size > v.img_size:
+        raise _KeyError(f'{key}.min_size', f'{ramp.min_size} is above img_size {v.img_size}')
+    last = v.epochs - 1  # epochs count from 0
+    if ramp.start_ramp > last:
+        raise _KeyError(f'{key}.start_ramp', f'{ramp.start_ramp} is past the last epoch, {last} (epochs: {v.epochs})')
+    if ramp.start_ramp > ramp.end_ramp:
+        raise _KeyError(f'{key}.start_ramp', f'{ramp.start_ramp} is after end_ramp {ramp.end_ramp}')
+    if ramp.end_ramp > last:
+        raise _KeyError(f'{key}.end_ramp', f'{ramp.end_ramp} is past the last epoch, {last} (epochs: {v.epochs}): '
+                        'the run would end below img_size')
 
 
 class _KeyError(ValueError):

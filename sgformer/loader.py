@@ -178,6 +178,21 @@ def create_loader(split: str, *, data: Data, loader: Loader, img_size: int, batc
     return create_folder_loader(data.source, exclude=exclude, **common)
 
 
+class LoaderPerSize:
+    """A train loader whose side is chosen per epoch (progressive resizing): `at(img_size)` builds
+    the loader of that side (`create(img_size)`) the first time it is asked for and keeps only the
+    current one (sides only grow, and each FFCV loader holds its own buffers)."""
+
+    def __init__(self, create):
+        self._create, self._size, self._loader = create, None, None
+
+    def at(self, img_size: int):
+        if img_size != self._size:
+            self._loader = None  # free the previous side's buffers first
+            self._loader, self._size = self._create(img_size), img_size
+        return self._loader
+
+
 def loader_size(loader) -> int:
     """Images one pass of a loader of this module yields before `drop_last`."""
     indices = getattr(loader, 'indices', None)  # an ffcv Loader

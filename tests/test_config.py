@@ -74,6 +74,22 @@ def test_repo_params_file_is_valid():
     (GOOD + '    augment: {mixupp: 1}\n', 'variants.nano.augment.mixupp', 'Extra inputs are not permitted'),
     (GOOD + 'eval: {resolutions: [64, 100]}\n', 'eval.resolutions.1', 'multiple of 32'),
     (GOOD + 'eval: {weights: best}\n', 'eval.weights', "'ema' or 'raw'"),
+    (GOOD + 'train: {batch_size: 8, grad_accum_steps: 3}\n', 'variants.nano.grad_accum_steps',
+     '3 does not divide the batch per rank (8 / world_size 1 = 8)'),
+    (GOOD + 'train: {batch_size: 8, world_size: 2, grad_accum_steps: 8}\n', 'variants.nano.grad_accum_steps',
+     'does not divide the batch per rank'),
+    (GOOD + '    progressive_resize: {min_size: 96, start_ramp: 1, end_ramp: 3}\n',
+     'variants.nano.progressive_resize.min_size', '96 is above img_size 64'),
+    (GOOD + '    progressive_resize: {min_size: 40, start_ramp: 1, end_ramp: 3}\n',
+     'variants.nano.progressive_resize.min_size', 'multiple of 32'),
+    (GOOD + '    progressive_resize: {min_size: 32, start_ramp: 4, end_ramp: 3}\n',
+     'variants.nano.progressive_resize.start_ramp', '4 is after end_ramp 3'),
+    (GOOD + '    progressive_resize: {min_size: 32, start_ramp: 9, end_ramp: 9}\n',
+     'variants.nano.progressive_resize.start_ramp', 'past the last epoch, 7 (epochs: 8)'),
+    (GOOD + '    progressive_resize: {min_size: 32, start_ramp: 2, end_ramp: 8}\n',
+     'variants.nano.progressive_resize.end_ramp', 'past the last epoch, 7 (epochs: 8)'),
+    (GOOD + '    layer_decay: 1.5\n', 'variants.nano.layer_decay', 'less than or equal to 1'),
+    (GOOD + '    init_from: ""\n', 'variants.nano.init_from', 'at least 1 character'),
 ])
 def test_bad_file_names_key_and_reason(tmp_path, text, key, reason):
     path = write(tmp_path, text)
@@ -148,14 +164,23 @@ def test_imagenet_profile_is_the_official_recipe():
     assert params.convert.max_resolution == 500 and params.runtime.compile == 'auto'
 
 
-def test_imagenet_profile_states_every_key():
+@pytest.mark.parametrize('profile', ['imagenet.yaml', 'imagenet-budget.yaml'])
+def test_imagenet_profile_states_every_key(profile):
     """`dvc exp run -S key=value` needs the key in the file."""
-    written = yaml.safe_load((REPO / 'profiles' / 'imagenet.yaml').read_text())
+    written = yaml.safe_load((REPO / 'profiles' / profile).read_text())
     defaults = Params(variants={'x': {'model': 'sgformer_nano'}}).model_dump()
     assert set(written) == set(defaults)
     for section, values in defaults.items():
         if section != 'variants':
             assert set(written[section]) == set(values), section
+
+
+def test_budget_profile_is_the_official_s_recipe_with_a_ramp_in_half_the_epochs():
+    official = load_params(REPO / 'profiles' / 'imagenet.yaml').variants['s']
+    budget = load_params(REPO / 'profiles' / 'imagenet-budget.yaml').variants['s']
+    differ = {k for k in type(official).model_fields if getattr(official, k) != getattr(budget, k)}
+    assert differ == {'epochs', 'warmup_epochs', 'progressive_resize'}
+    assert (budget.epochs, budget.progressive_resize.min_size, budget.img_size) == (150, 160, 224)
 
 
 def test_validation_never_reads_the_data_folder_and_the_stages_check_it(tmp_path):

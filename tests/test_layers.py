@@ -11,8 +11,10 @@ from import_graph import REPO, load_graph
 FLOORS = (
     ('sgformer/__init__.py', 'sgformer/config.py', 'sgformer/io.py'),  # the schema, atomic writes
     ('sgformer/datasets',),  # what is on disk: the sample, image folders, betons
-    ('sgformer/models', 'sgformer/accuracy.py', 'sgformer/runtime.py'),  # the model, top-k sums, device choices
+    ('sgformer/models', 'sgformer/accuracy.py', 'sgformer/runtime.py', 'sgformer/flops.py'),  # the model; top-k
+    # sums, device choices and FLOP counts for any model
     ('sgformer/loader.py', 'sgformer/augment', 'sgformer/export.py'),  # batches, augmentation, the export folder
+    ('sgformer/weights.py',),  # weights from an export or an official checkpoint
     ('sgformer/tracking',),  # MLflow
     ('sgformer/train', 'sgformer/eval'),  # the two jobs: neither imports the other
     ('sgformer/cli.py',),  # what the commands share

@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 import timm
-import torch
 
 from sgformer.cli import exit_on_user_errors
 from sgformer.export import save_export
 from sgformer.models import checkpoint_filter_fn, load_official_checkpoint  # registers the models with timm
+from sgformer.weights import local_file
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,17 +35,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--num-classes', type=int, default=1000)
     p.add_argument('--class-index', help='class_index.json of the data (synset -> index), stored in the export')
     return p.parse_args(argv)
-
-
-def local_file(checkpoint: str) -> Path:
-    """The checkpoint's path; a URL is downloaded once into torch's hub cache."""
-    if not checkpoint.startswith(('http://', 'https://')):
-        return Path(checkpoint)
-    target = Path(torch.hub.get_dir()) / 'checkpoints' / Path(checkpoint.split('?')[0]).name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(checkpoint, str(target))
-    return target
 
 
 def import_official(checkpoint: str | Path, model_name: str, out: str | Path, *, img_size: int,

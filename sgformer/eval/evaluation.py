@@ -20,7 +20,7 @@ from ..export import check_classes, load_export
 from ..io import write_json_atomic, write_text_atomic
 from ..runtime import apply_compile, compile_enabled, resolve_device, resolve_precision
 from ..tracking import Tracker
-from .flops import model_size
+from ..flops import model_size
 from .metrics import classification_metrics, measure_speed, predict
 from .pictures import confusion_png, significance_grids
 
@@ -99,6 +99,8 @@ def evaluate_export(name: str, *, paths: EvalPaths, eval_cfg: Eval, data: Data, 
                           device=evaluator.device, dtype=evaluator.dtype)
     results.update(img_s=speed['img_s'], latency_ms=speed['latency_ms'], speed_batch_size=eval_cfg.speed_batch_size,
                    speed_device=evaluator.device.type, speed_dtype=str(evaluator.dtype).removeprefix('torch.'))
+    if 'gpu_hours' in card.get('metrics', {}):  # what training cost, beside what it reached
+        results['train_gpu_hours'] = card['metrics']['gpu_hours']
     for size in eval_cfg.resolutions:
         model_at_size, _ = evaluator.model(img_size=size)
         at_size = classification_metrics(*evaluator.predict(model_at_size, evaluator.val_loader(size),

@@ -10,7 +10,8 @@ from ..config import Variant
 
 def create_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
     """AdamW at the variant's (scaled) lr; norms, biases (every 1-D parameter) and
-    `model.no_weight_decay()` names get no decay.
+    `model.no_weight_decay()` names get no decay; with `layer_decay`, timm's layer-wise lr decay
+    (groups from `model.group_matcher`, each group's `lr_scale` applied by the scheduler).
 
     Build it after `fully_shard`, so that it holds the sharded parameters. The fused kernel updates
     all parameters in one pass (CPU and CUDA, plain tensors and FSDP2 shards) and can skip a step on
@@ -19,7 +20,7 @@ def create_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimize
     (measured at commit a0e4d20: benchmarks/README.md, `bench_train.py`).
     """
     return create_optimizer_v2(model, opt='adamw', lr=variant.scaled_lr(), weight_decay=variant.weight_decay,
-                               fused=True)
+                               layer_decay=variant.layer_decay, fused=True)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, variant: Variant, steps_per_epoch: int) -> CosineLRScheduler:

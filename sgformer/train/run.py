@@ -5,6 +5,7 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ import torch
 import torch.distributed as dist
 
 from ..config import Checkpoint, ConfigError, Data, Loader, Runtime, Tracking, Variant
-from ..loader import create_loader
+from ..loader import LoaderPerSize, create_loader
 from ..datasets.beton import skipped_images
 from ..export import save_export
 from ..io import write_json_atomic, write_tsv_atomic
 from ..tracking import Tracker, dvc_tags, git_dirty
 from .checkpoint import check_shared_folder, mark_finished, prune_runs
 from .distributed import destroy_distributed, init_distributed
+from .resize import train_img_sizes
 from .trainer import NonFiniteLossError, Trainer
 
 
@@ -49,6 +51,21 @@ def run_fingerprint(variant: Variant, data: Data, class_index: dict, betons: Pat
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def with_class_count(name: str, variant: Variant, num_classes: int, *, where: Path) -> Variant:
+    """`variant` with `num_classes` set to the data's class count (its null means "the data's");
+    a number that disagrees is refused, naming both.
+
+    Raises:
+        ConfigError: `variant.num_classes` is another number.
+    """
+    if variant.num_classes is None:
+        return variant.model_copy(update=dict(num_classes=num_classes))
+    if variant.num_classes != num_classes:
+        raise ConfigError(f'variants.{name}.num_classes is {variant.num_classes} but {where} has {num_classes} '
+                          'classes: set it to null (the data\'s count) or to that number')
+    return variant
+
+
 def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, runtime: Runtime,
                   checkpoint: Checkpoint, tracking: Tracking, val_crop_pct: float, paths: RunPaths,
                   run_settings: dict[str, Any]) -> dict[str, float]:
@@ -62,25 +79,30 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
     """
     info = init_distributed(runtime.device)
     try:
-        betons = Path(data.betons)
-        class_index = json.loads((betons / 'class_index.json').read_text())
-        if len(class_index) != variant.num_classes:
-            raise ConfigError(f'variants.{name}.num_classes is {variant.num_classes} but the data has '
-                              f'{len(class_index)} classes ({betons / "class_index.json"})')
+        class_index_file = Path(data.betons) / 'class_index.json'
+        class_index = json.loads(class_index_file.read_text())
+        variant = with_class_count(name, variant, len(class_index), where=class_index_file)
         # rank 0's view decides: file times may differ between the nodes' copies of the betons
-        fingerprint = _broadcast(run_fingerprint(variant, data, class_index, betons))
-        loaders = {split: create_loader(split, data=data, loader=loader, augment=variant.augment, crop_pct=val_crop_pct,
-                                        img_size=variant.img_size, batch_size=variant.batch_size // info.world_size,
-                                        seed=variant.seed, device=info.device, distributed=info.world_size > 1,
-                                        exclude=skipped_images(paths.report))
-                   for split in ('train', 'val')}
+        fingerprint = _broadcast(run_fingerprint(variant, data, class_index, Path(data.betons)))
+
+        def loader_at(split: str, img_size: int):
+            return create_loader(split, data=data, loader=loader, augment=variant.augment, crop_pct=val_crop_pct,
+                                 img_size=img_size, batch_size=variant.batch_size // info.world_size, seed=variant.seed,
+                                 device=info.device, distributed=info.world_size > 1,
+                                 exclude=skipped_images(paths.report))
+        sizes = train_img_sizes(variant.epochs, variant.img_size, variant.progressive_resize)
+        train = LoaderPerSize(partial(loader_at, 'train')) if len(set(sizes)) > 1 else loader_at('train', sizes[0])
+        steps_per_epoch = len(train.at(sizes[0]) if isinstance(train, LoaderPerSize) else train)  # the same at any size
         check_shared_folder(paths.checkpoint_dir)
         prune_runs(paths.checkpoint_dir, fingerprint, checkpoint.keep_runs)
         trainer = Trainer(variant, runtime=runtime, checkpoint=checkpoint, dist_info=info,
-                          steps_per_epoch=len(loaders['train']), checkpoint_dir=paths.checkpoint_dir / fingerprint)
-        if trainer.resume() and info.is_main:
+                          steps_per_epoch=steps_per_epoch, checkpoint_dir=paths.checkpoint_dir / fingerprint)
+        resumed = trainer.resume()
+        if info.is_main and resumed:
             print(f'resuming {trainer.checkpoint_dir} at step {trainer.progress.step} '
                   f'(epoch {trainer.progress.epoch} of {variant.epochs})', file=sys.stderr, flush=True)
+        elif info.is_main and trainer.init_note:
+            print(trainer.init_note, file=sys.stderr, flush=True)
         tracker = Tracker(tracking, run_name=name, run_id=trainer.progress.run_id or None, enabled=info.is_main)
         trainer.progress.run_id = _broadcast(tracker.run_id)
         if not trainer.progress.history:  # a fresh run: describe it once
@@ -89,7 +111,8 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
                                   torch=torch.__version__, timm=timm.__version__, **_dirty_tag(), **dvc_tags()))
             tracker.log_data(data)
         try:
-            history = trainer.fit(loaders['train'], loaders['val'], tracker=tracker, log_every=tracking.log_every_steps)
+            history = trainer.fit(train, loader_at('val', variant.img_size), tracker=tracker,
+                                  log_every=tracking.log_every_steps)
         except NonFiniteLossError:
             tracker.end('FAILED')
             raise

@@ -1,5 +1,6 @@
 """The training loop: model and EMA (FSDP2 when the world has several ranks), AdamW with warmup +
-cosine per step, NaN guard, per-epoch evaluation of model and EMA, DCP checkpoints and resume.
+cosine per step, gradient accumulation, NaN guard, per-epoch evaluation of model and EMA, progressive
+resizing, cost metrics, DCP checkpoints and resume.
 
 Build order (torchtitan's): seed -> model (+ EMA copy) -> parallelize -> optimizer -> schedule ->
 checkpoint resume. `Trainer.train_step` is the one training step the stage, the tests and the
@@ -8,11 +9,19 @@ optimizer skips a non-finite step through `found_inf`, the EMA update is weighte
 loss statistics are copied back asynchronously and read `log_every` steps later, so the host
 queues step after step while the GPU works.
 
+Each epoch records what it cost beside what it reached (measured at the epoch's end, never in the
+step): `img_size`, `data_wait` (share of the epoch's training time spent waiting for the loader),
+`gpu_hours` (devices x hours, cumulative over resumes; process-hours on the CPU), `peak_mem_gib`
+(CUDA's peak allocation; the CPU process's peak RSS) and, on a card of known peak, `mfu` (model
+FLOPs utilisation: FLOPs of a step at the epoch's size, counted once per size, x steps/s, over the
+devices' peak dense bf16 FLOP/s).
+
 Randomness (drop-path) is re-seeded from (seed, rank, epoch) at every epoch start, and the batch
 augmentation is seeded by the index of the batch, so a run resumed at an epoch boundary draws
 exactly the numbers the uninterrupted run drew.
 """
 import json
+import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,16 +39,22 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from .. import models  # noqa: F401  (registers the sgformer_* models with timm)
-from ..config import Checkpoint, Runtime, Variant
-from ..augment.transforms import EvalTransform, TrainTransform
 from ..accuracy import accuracy_from_sums, classification_sums
+from ..augment.transforms import EvalTransform, TrainTransform
+from ..config import Checkpoint, Runtime, Variant
+from ..flops import mfu, peak_flops, train_step_flops
 from ..runtime import autocast, resolve_precision
+from ..weights import load_init_weights
 from .checkpoint import ModelOptimizerState, load_latest_checkpoint, save_checkpoint
 from .distributed import DistInfo
 from .optim import create_ema, create_optimizer, create_scheduler, floating_state, update_ema_
 from .parallelize import parallelize
+from .resize import train_img_size
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+# History keys measured on the wall clock: they differ between two runs of the same settings.
+MEASURED_KEYS = ('epoch_time_s', 'data_wait', 'gpu_hours', 'peak_mem_gib', 'mfu')
 
 # Device-side counters of `StepStats`, in this order.
 _LOSS_SUM, _GOOD_STEPS, _SKIPPED, _BAD_STREAK = range(4)
@@ -57,13 +72,14 @@ class Progress(Stateful):
     epoch: int = 0
     step: int = 0
     skipped_steps: int = 0
+    gpu_hours: float = 0.0  # devices x hours spent so far, over every resume
     run_id: str = ''
     history: list[dict[str, float]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         # DCP flattens containers into keys; the history's length changes, so it travels as JSON.
-        return dict(epoch=self.epoch, step=self.step, skipped_steps=self.skipped_steps, run_id=self.run_id,
-                    history=json.dumps(self.history))
+        return dict(epoch=self.epoch, step=self.step, skipped_steps=self.skipped_steps, gpu_hours=self.gpu_hours,
+                    run_id=self.run_id, history=json.dumps(self.history))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state, history=json.loads(state['history']))
@@ -110,6 +126,13 @@ class StepStats:
         self.values[_GOOD_STEPS] = 0
 
 
+def _peak_mem_gib(device: torch.device) -> float:
+    """CUDA's peak allocation on `device`, or the process's peak resident memory on the CPU."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
 def _set_epoch(loader: Iterable, epoch: int) -> None:
     """Make the loader's shuffle depend on the epoch only (FFCV `next_epoch`, torch samplers)."""
     if hasattr(loader, 'next_epoch'):
@@ -122,7 +145,7 @@ class Trainer:
     """Trains one variant; see the module docstring.
 
     Args:
-        variant: The resolved variant (model, recipe, augmentation, seed).
+        variant: The resolved variant (model, recipe, augmentation, seed; num_classes known).
         runtime: Device, precision, sharding, compile choices.
         checkpoint: How often to save and how many to keep.
         dist_info: From `init_distributed()`.
@@ -143,7 +166,10 @@ class Trainer:
         self.loss_fn = loss_fn or SoftTargetCrossEntropy()
 
         torch.manual_seed(variant.seed)  # the same initial weights on every rank
-        self.model = timm.create_model(variant.model, **variant.model_kwargs()).to(self.device)
+        self.model = timm.create_model(variant.model, **variant.model_kwargs())
+        # a fresh run starts from these weights (a resumed one then loads its checkpoint over them)
+        self.init_note = load_init_weights(self.model, variant.init_from, variant.model) if variant.init_from else None
+        self.model.to(self.device)
         self.ema = create_ema(self.model, variant)
         self.sharded = dist_info.world_size > 1
         for module in (self.model, self.ema.module):
@@ -157,6 +183,8 @@ class Trainer:
                                               seed=variant.seed + 1_000_003 * dist_info.rank, device=self.device)
         self.eval_transform = EvalTransform()
         self.stats = StepStats(self.device)
+        self._step_flops: dict[int, int] = {}  # per-image training FLOPs per size, counted when first needed
+        self._peak_flops = peak_flops(self.device)
         self.progress = Progress()
         self.checkpoint_state = {'model': ModelOptimizerState(self.model, self.optimizer, self.ema.module),
                                  'progress': self.progress}
@@ -179,12 +207,9 @@ class Trainer:
         the step dispatches outside the model."""
         with record_function('train_step/augment'):
             images, targets = self.train_transform(images, labels, index=self.progress.step)
-        with record_function('train_step/forward'), autocast(self.device, self.dtype):
-            loss = self.loss_fn(self.model(images), targets)
-        with record_function('train_step/backward'):
-            loss.backward()
+        loss = self._forward_backward(images, targets)
         with record_function('train_step/guard'):
-            loss = self._global_mean(loss.detach())
+            loss = self._global_mean(loss)
             ok = torch.isfinite(loss)
             if self.variant.grad_clip:
                 ok &= torch.isfinite(self._clip_gradients(self.variant.grad_clip))
@@ -201,6 +226,24 @@ class Trainer:
         self.scheduler.step_update(self.progress.step)
         with record_function('train_step/stats'):
             self.stats.record(loss, ok)
+
+    def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of the batch in `grad_accum_steps` micro-batches, each loss scaled
+        so that the gradients add up to the whole batch's; FSDP2 reduces them after the last one
+        only. Returns this rank's mean loss (detached)."""
+        micro_steps = self.variant.grad_accum_steps
+        total = None
+        for i, (x, y) in enumerate(zip(images.chunk(micro_steps), targets.chunk(micro_steps))):
+            if self.sharded:
+                self.model.set_requires_gradient_sync(i == micro_steps - 1)
+            with record_function('train_step/forward'), autocast(self.device, self.dtype):
+                loss = self.loss_fn(self.model(x), y)
+                if micro_steps > 1:
+                    loss = loss / micro_steps
+            with record_function('train_step/backward'):
+                loss.backward()
+                total = loss.detach() if total is None else total + loss.detach()
+        return total
 
     def _global_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over ranks (enqueued on the device; every rank then takes the same NaN decision)."""
@@ -233,20 +276,30 @@ class Trainer:
         """Train from the current progress to the last epoch; returns the per-epoch history.
 
         Args:
-            train_loader, val_loader: Rank-sharded iterables of uint8 `(images, labels)` on the device.
+            train_loader: Rank-sharded iterable of uint8 `(images, labels)` on the device; with
+                progressive resizing, an object whose `at(img_size)` gives that iterable at the side.
+            val_loader: The same at `img_size`.
             tracker: A `sgformer.tracking.Tracker` (per-step and per-epoch metrics), or None.
             log_every: Read the step statistics back (NaN guard, progress bar, tracker) every this many steps.
         """
+        clock = time.perf_counter()  # the epochs' wall time, checkpoint saves included, adds to gpu_hours
         while self.progress.epoch < self.variant.epochs:
             epoch = self.progress.epoch
             torch.manual_seed(self.variant.seed + self.world.rank + 100_003 * (epoch + 1))
-            _set_epoch(train_loader, epoch)
+            img_size = train_img_size(epoch, self.variant.img_size, self.variant.progressive_resize)
+            loader = train_loader.at(img_size) if hasattr(train_loader, 'at') else train_loader
+            _set_epoch(loader, epoch)
             started = time.perf_counter()
-            train_loss = self._train_epoch(train_loader, tracker, log_every)
+            train_loss, waited = self._train_epoch(loader, tracker, log_every)
+            train_s = time.perf_counter() - started
             record = dict(epoch=epoch, train_loss=train_loss, lr=self.optimizer.param_groups[0]['lr'],
-                          epoch_time_s=time.perf_counter() - started)
+                          epoch_time_s=train_s)
             record.update({f'val_{k}': v for k, v in self.evaluate(self.model, val_loader).items()})
             record.update({f'val_ema_{k}': v for k, v in self.evaluate(self.ema.module, val_loader).items()})
+            now = time.perf_counter()
+            self.progress.gpu_hours += self.world.world_size * (now - clock) / 3600
+            clock = now
+            record.update(self._costs(img_size, steps=len(loader), train_s=train_s, waited_s=waited))
             self.progress.history.append(record)
             self.progress.epoch += 1
             if tracker is not None:
@@ -255,14 +308,33 @@ class Trainer:
                 save_checkpoint(self.checkpoint_dir, self.progress.step, self.checkpoint_state, keep=self.checkpoint.keep)
         return self.progress.history
 
-    def _train_epoch(self, loader: Iterable[Batch], tracker, log_every: int) -> float:
+    def _costs(self, img_size: int, *, steps: int, train_s: float, waited_s: float) -> dict[str, float]:
+        """What the epoch cost (see the module docstring); `mfu` only on a card of known peak."""
+        costs = dict(img_size=img_size, data_wait=waited_s / max(train_s, 1e-9), gpu_hours=self.progress.gpu_hours,
+                     peak_mem_gib=_peak_mem_gib(self.device))
+        if self._peak_flops is not None:
+            if img_size not in self._step_flops:  # once per size: a fresh copy of the model, batch of 1
+                fresh = timm.create_model(self.variant.model, **self.variant.model_kwargs()).to(self.device)
+                self._step_flops[img_size] = train_step_flops(fresh, img_size, self.device)
+            step_flops = self._step_flops[img_size] * self.variant.batch_size
+            costs['mfu'] = mfu(step_flops, steps / max(train_s, 1e-9), self._peak_flops, self.world.world_size)
+        return costs
+
+    def _train_epoch(self, loader: Iterable[Batch], tracker, log_every: int) -> tuple[float, float]:
+        """One epoch of steps; returns the mean loss and the seconds spent waiting for the loader."""
         self.model.train()
         self.stats.start_epoch()
         bar = tqdm(total=self.steps_per_epoch, disable=not self.world.is_main, leave=False,
                    desc=f'epoch {self.progress.epoch}', unit='step')
         window = _Window(self.variant.batch_size, self.progress.step)
-        for images, labels in loader:
-            self.train_step(images, labels)
+        batches, waited = iter(loader), 0.0
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
+            self.train_step(*batch)
             bar.update(1)
             if self.progress.step % log_every == 0:
                 self._report(window.close(self.stats.read()), bar, tracker)  # the previous snapshot
@@ -271,7 +343,7 @@ class Trainer:
         self._report(window.close(self.stats.read()), bar, tracker)  # the epoch's last values: one sync
         bar.close()
         loss_sum, good = self.stats.values[_LOSS_SUM].item(), self.stats.values[_GOOD_STEPS].item()
-        return loss_sum / max(good, 1)
+        return loss_sum / max(good, 1), waited
 
     def _report(self, window: dict | None, bar, tracker) -> None:
         """Act on statistics read back from the device: NaN guard, progress bar, tracker."""

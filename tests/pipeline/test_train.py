@@ -3,6 +3,7 @@ sample, exports that reload in timm, DVC metrics/plots, one MLflow run that a re
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm
 from pipeline.convert import main as convert
 from sgformer.config import Sample
 from sgformer.datasets.sample import write_sample
+from sgformer.train.trainer import MEASURED_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = """
@@ -130,7 +132,8 @@ def test_two_ranks_then_kill_9_during_a_checkpoint_save_and_the_export_then_reru
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected = json.loads((reference / 'metrics' / 'nano.json').read_text())
     got = json.loads((out / 'metrics' / 'nano.json').read_text())
-    expected.pop('epoch_time_s'), got.pop('epoch_time_s')
+    for key in MEASURED_KEYS:  # wall-clock measurements
+        expected.pop(key, None), got.pop(key, None)
     assert got == expected
     for name in ('model.safetensors', 'raw.safetensors'):
         assert (out / 'models' / 'nano' / name).read_bytes() == (reference / 'models' / 'nano' / name).read_bytes()
@@ -173,3 +176,54 @@ def test_other_settings_never_delete_an_interrupted_run(tmp_path, kill_when):
     a = train(tmp_path, params)
     assert a.returncode == 0, a.stderr[-3000:]
     assert f'resuming {tmp_path / "ckpt" / "nano" / run_a} at step 4 (epoch 1 of 3)' in a.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_progressive_resize_then_fine_tune_the_export_on_other_classes(tmp_path):
+    """A run that ramps 32 -> 64 px records the side and the cost of each epoch; its export then
+    starts a run on 2 other classes (num_classes from the betons, a fresh classifier); a bad
+    init_from or a class count that disagrees stops the stage in one line before training."""
+    write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=12, val_per_class=4, bad_files=False))
+    uri = f'sqlite:///{tmp_path}/mlflow.db'
+    params = tmp_path / 'params.yaml'
+    base = PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace(
+        'world_size: 2', 'world_size: 1').replace('num_classes: 3', 'num_classes: null')
+    params.write_text(base.replace('drop_path_rate: 0.1}', 'drop_path_rate: 0.1, '
+                                   'progressive_resize: {min_size: 32, start_ramp: 0, end_ramp: 1}}'))
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    proc = train(tmp_path / 'first', params)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader((tmp_path / 'first' / 'plots' / 'nano' / 'train.tsv').open(), delimiter='\t'))
+    assert [int(r['img_size']) for r in rows] == [32, 64]
+    hours = [float(r['gpu_hours']) for r in rows]
+    assert 0 < hours[0] < hours[1] < 0.1 and all(0 <= float(r['data_wait']) <= 1 for r in rows)
+    assert all(float(r['peak_mem_gib']) > 0.1 for r in rows) and 'mfu' not in rows[0]  # no peak FLOP/s on a CPU
+    metrics = json.loads((tmp_path / 'first' / 'metrics' / 'nano.json').read_text())
+    assert metrics['img_size'] == 64 and metrics['gpu_hours'] == hours[1]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name('stage-test').experiment_id])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, 'train/img_size')] == [32, 64]
+    assert {'train/gpu_hours', 'train/data_wait', 'train/peak_mem_gib'} <= set(run.data.metrics)
+
+    two = tmp_path / 'two'
+    for split in ('train', 'val'):
+        for synset in sorted(p.name for p in (tmp_path / 'src' / split).iterdir())[:2]:
+            shutil.copytree(tmp_path / 'src' / split / synset, two / split / synset)
+    export = tmp_path / 'first' / 'models' / 'nano'
+    tuned = base.replace(str(tmp_path / 'src'), str(two)).replace(str(tmp_path / 'betons'), str(tmp_path / 'betons2'))
+    params.write_text(tuned.replace('epochs: 2', f'epochs: 1, init_from: {export}'))
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad2.json'), '--metrics', str(tmp_path / 'c2.json')])
+    proc = train(tmp_path / 'tuned', params)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f'init_from {export}: loaded' in proc.stderr
+    assert 'classifier re-initialised for 2 classes (the weights have 3)' in proc.stderr
+    card = json.loads((tmp_path / 'tuned' / 'models' / 'nano' / 'card.json').read_text())
+    assert card['model_kwargs']['num_classes'] == 2 and len(card['class_index']) == 2
+
+    for settings, message in ((f'epochs: 1, init_from: {tmp_path / "nowhere"}', f'{tmp_path / "nowhere"}: not found'),
+                              ('epochs: 1, num_classes: 3', 'num_classes is 3 but')):
+        params.write_text(tuned.replace('epochs: 2', settings).replace('num_classes: null, ', ''))
+        proc = train(tmp_path / 'refused', params)
+        assert proc.returncode == 1 and message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / 'refused' / 'ckpt').exists() or not any((tmp_path / 'refused' / 'ckpt').rglob('step-*'))

@@ -89,3 +89,12 @@ def test_fused_adamw_matches_the_reference_loop():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     moved = (fused_model.head.weight - initial.head.weight).abs()
     assert moved.mean() > 5e-3  # the weights took lr-sized steps
+
+
+def test_layer_decay_scales_earlier_groups_lower():
+    model = timm.create_model('sgformer_nano', num_classes=10, img_size=64)
+    plain = create_optimizer(model, resolve_variant('sgformer_nano', num_classes=10))
+    decayed = create_optimizer(model, resolve_variant('sgformer_nano', num_classes=10, layer_decay=0.5))
+    assert {g.get('lr_scale', 1.0) for g in plain.param_groups} == {1.0}
+    scales = sorted({g['lr_scale'] for g in decayed.param_groups})
+    assert scales[-1] == 1.0 and scales[0] < 0.5 ** 3 and len(scales) > 4  # stem far below the head

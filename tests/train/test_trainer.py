@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from sgformer.train.trainer import MEASURED_KEYS
 
 WORKER = Path(__file__).with_name('trainer_worker.py')
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
@@ -22,7 +25,7 @@ def run(tmp_path: Path, name: str, nproc: int, *extra: str) -> tuple[subprocess.
 
 
 def without_times(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != 'epoch_time_s'} for row in history]
+    return [{k: v for k, v in row.items() if k not in MEASURED_KEYS} for row in history]
 
 
 @pytest.fixture(scope='module')
@@ -72,3 +75,21 @@ def test_nan_steps_are_skipped_then_abort(tmp_path):
     abort = json.loads(out.read_text())
     # read back every 2 steps without waiting on the device: the abort comes within 2 steps of the 3rd
     assert 'NaN/inf for 3 consecutive steps' in abort['error'] and abort['skipped'] == 3 and abort['step'] <= 6
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_ends_at_the_unaccumulated_weights(tmp_path):
+    """1 rank x 4 micro-steps and 2 ranks (FSDP2) x 2 micro-steps reach the weights of 1 rank x 1
+    step of the same global batch (float32; no drop-path; no random crops in this loader)."""
+    weights = {}
+    for name, nproc, micro_steps in (('plain', 1, 1), ('accum4', 1, 4), ('fsdp_accum2', 2, 2)):
+        proc, out = run(tmp_path, name, nproc, '--ckpt', str(tmp_path / name), '--epochs', '1', '--drop-path', '0',
+                        '--grad-accum', str(micro_steps), '--weights-out', str(tmp_path / f'{name}.pt'))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(out.read_text())['step'] == 6  # optimizer steps, not micro-steps
+        weights[name] = torch.load(tmp_path / f'{name}.pt', weights_only=True)
+    for name in ('accum4', 'fsdp_accum2'):
+        for part in ('model', 'ema'):
+            for key, expected in weights['plain'][part].items():
+                torch.testing.assert_close(weights[name][part][key], expected, rtol=1e-4, atol=1e-5,
+                                           msg=lambda m: f'{name} {part} {key}: {m}')

@@ -1,7 +1,8 @@
 """Runs `Trainer` on a small learnable synthetic set; under torchrun or alone. Writes JSON on rank 0.
 
 --crash-at E:S kills the process like `kill -9` when batch S of epoch E is requested (mid-epoch);
---nan-steps A,B,... makes the loss NaN at those global steps.
+--nan-steps A,B,... makes the loss NaN at those global steps; --grad-accum N splits each rank's batch
+into N micro-steps; --weights-out F saves the final (unsharded) weights there.
 """
 import argparse
 import json
@@ -57,10 +58,14 @@ def main() -> None:
     p.add_argument('--crash-at')
     p.add_argument('--nan-steps', default='')
     p.add_argument('--max-nonfinite', type=int, default=3)
+    p.add_argument('--grad-accum', type=int, default=1)
+    p.add_argument('--drop-path', type=float, default=0.1)
+    p.add_argument('--weights-out')
     args = p.parse_args()
     torch.use_deterministic_algorithms(True)
     info = init_distributed('cpu')
-    variant = resolve_variant('sgformer_nano', num_classes=CLASSES, img_size=64, drop_path_rate=0.1, epochs=args.epochs,
+    variant = resolve_variant('sgformer_nano', num_classes=CLASSES, img_size=64, drop_path_rate=args.drop_path,
+                              epochs=args.epochs, grad_accum_steps=args.grad_accum,
                               batch_size=GLOBAL_BATCH, lr=2e-3, weight_decay=0.05, warmup_epochs=1, warmup_lr=1e-5,
                               min_lr=1e-5, ema_decay=0.9, ema_warmup=True, grad_clip=5.0,
                               max_nonfinite_steps=args.max_nonfinite, seed=7)
@@ -88,6 +93,8 @@ def main() -> None:
     if info.is_main:
         result['weights_sum'] = float(sum(v.double().sum() for v in model_sd.values()))
         result['ema_weights_sum'] = float(sum(v.double().sum() for v in ema_sd.values()))
+        if args.weights_out:
+            torch.save(dict(model=model_sd, ema=ema_sd), args.weights_out)
         Path(args.out).write_text(json.dumps(result))
     destroy_distributed()
 

@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
-from sgformer.eval.flops import count_macs
+from sgformer.flops import count_macs
 
 
 class Attn(nn.Module):
