@@ -1,5 +1,8 @@
-"""DVC stage `describe`: builds every variant and records its size and cost. Params read: variants."""
+"""DVC stage `describe`: builds every variant and records its size and cost. Params read: variants, train
+(its img_size, num_classes, drop_path_rate), data.betons (the class count when num_classes is null)."""
 import argparse
+import json
+from pathlib import Path
 
 import timm
 import torch
@@ -30,7 +33,10 @@ def describe(model_name: str, model_kwargs: dict) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     params = load_params_or_exit(args.params)
-    results = {name: describe(v.model, v.model_kwargs()) for name, v in params.variants.items()}
+    data_classes = len(json.loads((Path(params.data.betons) / 'class_index.json').read_text()))
+    results = {name: describe(v.model, dict(v.model_kwargs(), num_classes=v.num_classes if v.num_classes is not None
+                                            else data_classes))
+               for name, v in params.variants.items()}
     for name, r in results.items():
         print(f"{name}: {params.variants[name].model} {r['params_m']} M params, {r['gmacs']} GMACs at {r['img_size']}")
     write_json_atomic(args.out, results)
