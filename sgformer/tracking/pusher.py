@@ -1,5 +1,11 @@
 """What reaches MLflow: a session's operations logged into its run through `MlflowClient`, and
 the bounds and one-line reports of MLflow's trouble.
+
+MLflow does here what it already does well: `MlflowClient.log_batch` splits params, tags and
+metrics into batches the server accepts (100 params or tags, 1000 entities a request), so the
+pusher hands it each stretch of them whole; the source tags come from MLflow's own context
+registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py). Ours: finding the
+run a session belongs to, and skipping what a retried or replayed session already logged.
 """
 import json
 import os
@@ -14,8 +20,6 @@ from .logged_model import find_logged_model, log_export, register_model
 
 __all__ = ['SESSION_TAG', 'Pusher', 'bound_http', 'error_reason', 'print_warning']
 
-MLFLOW_PARAM_BATCH = 100  # mlflow's log_batch limits per call
-MLFLOW_BATCH_LIMITS = {'params': MLFLOW_PARAM_BATCH, 'tags': 100, 'metrics': 1000}
 SESSION_TAG = 'sgformer.session'  # the session that created a run
 
 
@@ -130,10 +134,8 @@ class Pusher:
         return {(key, m.step, m.timestamp) for key in keys for m in self.client.get_metric_history(self.run_id, key)}
 
     def _flush(self, batch: dict[str, list]) -> None:
-        for kind, size in MLFLOW_BATCH_LIMITS.items():
-            for chunk in _chunks(batch[kind], size):
-                self.client.log_batch(self.run_id, **{kind: chunk})
-            batch[kind] = []
+        self.client.log_batch(self.run_id, **batch)  # no request when empty; splits what is over the limits
+        batch.update(metrics=[], params=[], tags=[])
 
     def _op_artifact(self, op: dict) -> None:
         if Path(op['path']).exists():  # a file gone since can no longer be logged
@@ -161,10 +163,6 @@ class Pusher:
 
     def _op_end(self, op: dict) -> None:
         self.client.set_terminated(self.run_id, op['status'], end_time=op['ts'])
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _entities(op: dict, logged: set) -> list:
