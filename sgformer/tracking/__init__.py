@@ -1,0 +1,29 @@
+"""Experiment tracking in MLflow: one run per trained variant, continued by a resumed run and by
+the evaluate stage. The only package that imports mlflow (inside functions, so importing it stays
+cheap); only rank 0 tracks (on other ranks `Tracker` does nothing).
+
+Metric names: `train/...` per optimizer step (x: the step), `train/epoch_...` and `val/...` per
+epoch (x: the epoch), `eval/...` from the evaluate stage, `system/...` (CPU, memory, disk,
+network, GPU through nvidia-ml-py) every 10 s at the current training step. The run also holds
+the export as an MLflow model (PyTorch flavour, `models:/<model id>`) and the betons as its
+dataset inputs.
+
+Files:
+    tracker.py         `Tracker`, what the stages log through
+    journal.py         the session folder: the queue on disk that outlives an MLflow outage
+    sender.py          the thread that sends the queue to MLflow, retrying while it is out of reach
+    replay.py          `replay` / `replay_session`: sessions that did not reach MLflow, sent later
+    pusher.py          the operations logged into a run through `MlflowClient`; bounded HTTP, warnings
+    logged_model.py    an export as an MLflow LoggedModel, and its registration
+    system_metrics.py  the `system/...` sampler (MLflow's monitors), logging through the queue
+    context.py         params as dotted keys, metric names, git / DVC tags, the betons as datasets
+"""
+from .context import DVC_ENV_TAGS, beton_dataset, dvc_tags, epoch_metric_name, flatten, git_dirty
+from .journal import OFFLINE_PREFIX, offline_root
+from .pusher import SESSION_TAG, bound_http, error_reason, print_warning
+from .replay import replay, replay_session
+from .tracker import Tracker
+
+__all__ = ['DVC_ENV_TAGS', 'OFFLINE_PREFIX', 'SESSION_TAG', 'Tracker', 'beton_dataset', 'bound_http', 'dvc_tags',
+           'epoch_metric_name', 'error_reason', 'flatten', 'git_dirty', 'offline_root', 'print_warning', 'replay',
+           'replay_session']

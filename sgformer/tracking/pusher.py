@@ -1,0 +1,186 @@
+"""What reaches MLflow: a session's operations logged into its run through `MlflowClient`, and
+the bounds and one-line reports of MLflow's trouble.
+
+MLflow does here what it already does well: `MlflowClient.log_batch` splits params, tags and
+metrics into batches the server accepts (100 params or tags, 1000 entities a request), so the
+pusher hands it each stretch of them whole; the source tags come from MLflow's own context
+registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py). Ours: finding the
+run a session belongs to, and skipping what a retried or replayed session already logged.
+"""
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .journal import OFFLINE_PREFIX
+from .logged_model import find_logged_model, log_export, register_model
+
+__all__ = ['SESSION_TAG', 'Pusher', 'bound_http', 'error_reason', 'print_warning']
+
+SESSION_TAG = 'sgformer.session'  # the session that created a run
+
+
+def bound_http(timeout_s: int) -> None:
+    """Bound MLflow's HTTP calls in this process (and its children): `timeout_s` per request and
+    2 retries, the second after ~2 s (an unreachable server costs ~2.5 s), instead of 7 retries
+    with backoff up to 2 minutes and a 120 s timeout, which kept a finished stage waiting for a
+    stopped server for a quarter of an hour. Values already in the environment win."""
+    for name, value in (('MLFLOW_HTTP_REQUEST_TIMEOUT', str(timeout_s)), ('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '2'),
+                        ('MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR', '1'), ('MLFLOW_HTTP_REQUEST_BACKOFF_JITTER', '0.5'),
+                        ('MLFLOW_DISABLE_TELEMETRY', 'true')):
+        os.environ.setdefault(name, value)
+
+
+def error_reason(error: BaseException, limit: int = 160) -> str:
+    """The cause of an MLflow error in a few words: its OS error when there is one (MLflow wraps
+    "Connection refused" in three layers of messages), else its first line, cut."""
+    text = f'{type(error).__name__}: {error}'
+    cause = re.search(r'\[Errno -?\d+\][^\'")\n]*', text)
+    text = cause.group(0).strip() if cause else text.strip().splitlines()[0]
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def print_warning(message: str) -> None:
+    """`warning: <message>` on stderr, on a line of its own: the sender thread prints while the
+    trainer's progress bar is drawn, and `tqdm.write` clears the bar first and redraws it after."""
+    tqdm.write(f'warning: {message}', file=sys.stderr)
+    sys.stderr.flush()
+
+
+class Pusher:
+    """Logs a session's operations into its MLflow run, in order. Safe to repeat: with `dedup`,
+    metric points the run already holds are skipped; params, tags and artifacts overwrite
+    themselves, the store merges dataset inputs, and a run's model is logged once.
+
+    Args:
+        tracking_uri: the MLflow to log into.
+        header: the session's header (journal.py's `session_header`).
+        root: the offline root, where the sessions a run continues may still wait.
+        client: an `MlflowClient` of `tracking_uri` to reuse, else a new one.
+    """
+
+    def __init__(self, tracking_uri: str, header: dict, root: Path, client=None):
+        import mlflow
+        self.uri, self.header, self.root = tracking_uri, header, root
+        self.client = client or mlflow.MlflowClient(tracking_uri)
+        self.experiment_id = _experiment_id(self.client, header['experiment'])
+        self.run_id: str | None = None
+
+    def resolve(self, known: str | None = None) -> str:
+        """The run to log into: `known` or the one tagged with this session (its own, from an
+        earlier try), else the run the session continues (marked RUNNING again), else a new run."""
+        own = known if known and self._exists(known) else self._created_by(self.header['session'])
+        if own:
+            self.run_id = own
+            return own
+        asked = self.header['run_id']
+        found = self._find(asked) if asked else None
+        if found:
+            self.client.update_run(found, status='RUNNING')
+        else:
+            if asked:
+                print_warning(f'MLflow run {asked} is not in {self.uri}; starting a new run')
+            found = self._create()
+        self.run_id = found
+        return found
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == 'active'
+        except MlflowException as e:
+            if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
+                return False
+            raise
+
+    def _find(self, ref: str) -> str | None:
+        """An existing run id, or the run an `offline-<session>` session created (replaying that
+        session first when it still waits here)."""
+        if not ref.startswith(OFFLINE_PREFIX):
+            return ref if self._exists(ref) else None
+        from .replay import replay_session  # replay.py pushes through this module
+        session = ref.removeprefix(OFFLINE_PREFIX)
+        return self._created_by(session) or replay_session(self.root / session, tracking_uri=self.uri,
+                                                           client=self.client)
+
+    def _created_by(self, session: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SESSION_TAG}` = '{session}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _create(self) -> str:
+        h = self.header
+        tags = {**h['tags'], 'mlflow.runName': h['run_name'], SESSION_TAG: h['session']}
+        return self.client.create_run(self.experiment_id, start_time=h['created'], tags=tags,
+                                      run_name=h['run_name']).info.run_id
+
+    def push(self, ops: list[dict], *, dedup: bool = False) -> None:
+        """Log `ops`; params, tags and metrics travel in batches between the other operations."""
+        logged = self._logged_points(ops) if dedup else set()
+        batch = dict(metrics=[], params=[], tags=[])
+        for op in ops:
+            if op['op'] in batch:
+                batch[op['op']].extend(_entities(op, logged))
+            else:
+                self._flush(batch)
+                getattr(self, f"_op_{op['op']}")(op)
+        self._flush(batch)
+
+    def _logged_points(self, ops: list[dict]) -> set[tuple[str, int, int]]:
+        keys = {key for op in ops if op['op'] == 'metrics' for key in op['metrics']}
+        return {(key, m.step, m.timestamp) for key in keys for m in self.client.get_metric_history(self.run_id, key)}
+
+    def _flush(self, batch: dict[str, list]) -> None:
+        self.client.log_batch(self.run_id, **batch)  # no request when empty; splits what is over the limits
+        batch.update(metrics=[], params=[], tags=[])
+
+    def _op_artifact(self, op: dict) -> None:
+        if Path(op['path']).exists():  # a file gone since can no longer be logged
+            self.client.log_artifact(self.run_id, op['path'], op['artifact_path'])
+
+    def _op_dict(self, op: dict) -> None:
+        self.client.log_dict(self.run_id, op['data'], op['artifact_file'])
+
+    def _op_dataset(self, op: dict) -> None:
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+        dataset = Dataset(name=op['name'], digest=op['digest'], source_type='local',
+                          source=LocalArtifactDatasetSource(op['source']).to_json(), profile=json.dumps(op['profile']))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, op['context'])])])
+
+    def _op_model(self, op: dict) -> None:
+        if not (Path(op['export']) / 'card.json').is_file():  # an export deleted since cannot be logged
+            return
+        model_id = find_logged_model(self.client, self.experiment_id, self.run_id, op['name']) or log_export(
+            op['export'], name=op['name'], step=op['step'], tracking_uri=self.uri, experiment_id=self.experiment_id,
+            run_id=self.run_id)
+        if op['register']:
+            register_model(self.client, self.uri, model_id, op['name'])
+
+    def _op_end(self, op: dict) -> None:
+        self.client.set_terminated(self.run_id, op['status'], end_time=op['ts'])
+
+
+def _entities(op: dict, logged: set) -> list:
+    from mlflow.entities import Metric, Param, RunTag
+    if op['op'] == 'params':
+        return [Param(k, v) for k, v in op['params'].items()]
+    if op['op'] == 'tags':
+        return [RunTag(k, v) for k, v in op['tags'].items()]
+    return [Metric(k, v, op['ts'], op['step']) for k, v in op['metrics'].items()
+            if (k, op['step'], op['ts']) not in logged]
+
+
+def _experiment_id(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created meanwhile by another stage
+        return client.get_experiment_by_name(name).experiment_id
