@@ -135,3 +135,8 @@ def test_no_server_queues_on_disk_and_replays_once(tmp_path, monkeypatch, capfd)
     assert run.data.params == {'train.lr': '0.001'} and run.data.tags[SESSION_TAG] == session.name
     assert [m.step for m in client.get_metric_history(run.info.run_id, 'train/loss')] == [1, 2, 3]
     assert [a.path for a in client.list_artifacts(run.info.run_id, 'eval')] == ['eval/per_class_top1.json']
+
+
+def test_the_run_s_side_and_cost_are_train_metrics():
+    assert [epoch_metric_name(k) for k in ('img_size', 'gpu_hours', 'mfu', 'data_wait', 'peak_mem_gib')] == \
+        ['train/img_size', 'train/gpu_hours', 'train/mfu', 'train/data_wait', 'train/peak_mem_gib']

@@ -5,7 +5,7 @@
 
 A stage that cannot reach MLflow keeps its params, tags, metrics (with their steps and times),
 artifact paths, dataset inputs and model in `<tracking.offline_dir>/<session>/queue.jsonl` and
-says so in one warning line (sgformer/tracking.py describes the format). This command logs each
+says so in one warning line (sgformer/tracking/journal.py describes the format). This command logs each
 waiting session into the run it was logging into, or the run it continues, or a new run when
 it never had one, oldest session first, then deletes it. Replaying again logs nothing twice. The
 next stage that reaches the same tracking URI (evaluate, a rerun of train) does the same on its own.

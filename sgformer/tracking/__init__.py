@@ -12,7 +12,7 @@ Files:
     tracker.py         `Tracker`, what the stages log through
     journal.py         the session folder: the queue on disk that outlives an MLflow outage
     sender.py          the thread that sends the queue to MLflow, retrying while it is out of reach
-    replay.py          `replay` / `replay_session`: sessions that did not reach MLflow, sent later
+    replay.py          finding a session's run; `replay` / `replay_session`: sessions sent later
     pusher.py          the operations logged into a run through `MlflowClient`; bounded HTTP, warnings
     logged_model.py    an export as an MLflow LoggedModel, and its registration
     system_metrics.py  the `system/...` sampler (MLflow's monitors), logging through the queue
@@ -20,8 +20,8 @@ Files:
 """
 from .context import DVC_ENV_TAGS, beton_dataset, dvc_tags, epoch_metric_name, flatten, git_dirty
 from .journal import OFFLINE_PREFIX, offline_root
-from .pusher import SESSION_TAG, bound_http, error_reason, print_warning
-from .replay import replay, replay_session
+from .pusher import bound_http, error_reason, print_warning
+from .replay import SESSION_TAG, replay, replay_session
 from .tracker import Tracker
 
 __all__ = ['DVC_ENV_TAGS', 'OFFLINE_PREFIX', 'SESSION_TAG', 'Tracker', 'beton_dataset', 'bound_http', 'dvc_tags',

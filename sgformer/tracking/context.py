@@ -28,11 +28,18 @@ def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
     return flat
 
 
+# Per-epoch history keys that describe the run itself (its side and what it cost): `train/<key>`.
+RUN_KEYS = ('img_size', 'data_wait', 'gpu_hours', 'peak_mem_gib', 'mfu')
+
+
 def epoch_metric_name(key: str) -> str:
     """A per-epoch history key -> its MLflow name: `val_ema_top1` -> `val/ema_top1`,
-    `train_loss` -> `train/epoch_loss`, `epoch_time_s` -> `train/epoch_time_s`."""
+    `train_loss` -> `train/epoch_loss`, `epoch_time_s` -> `train/epoch_time_s`, `gpu_hours` ->
+    `train/gpu_hours` (the `RUN_KEYS`)."""
     if key.startswith('val_'):
         return f"val/{key.removeprefix('val_')}"
+    if key in RUN_KEYS:
+        return f'train/{key}'
     return f"train/epoch_{key.removeprefix('train_').removeprefix('epoch_')}"
 
 

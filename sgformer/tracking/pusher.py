@@ -5,7 +5,8 @@ MLflow does here what it already does well: `MlflowClient.log_batch` splits para
 metrics into batches the server accepts (100 params or tags, 1000 entities a request), so the
 pusher hands it each stretch of them whole; the source tags come from MLflow's own context
 registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py). Ours: finding the
-run a session belongs to, and skipping what a retried or replayed session already logged.
+skipping what a retried or replayed session already logged (finding the run a session belongs to
+is replay.py's: resolving an offline run may replay the session that created it).
 """
 import json
 import os
@@ -15,12 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .journal import OFFLINE_PREFIX
 from .logged_model import find_logged_model, log_export, register_model
 
-__all__ = ['SESSION_TAG', 'Pusher', 'bound_http', 'error_reason', 'print_warning']
-
-SESSION_TAG = 'sgformer.session'  # the session that created a run
+__all__ = ['Pusher', 'bound_http', 'error_reason', 'print_warning']
 
 
 def bound_http(timeout_s: int) -> None:
@@ -67,55 +65,7 @@ class Pusher:
         self.uri, self.header, self.root = tracking_uri, header, root
         self.client = client or mlflow.MlflowClient(tracking_uri)
         self.experiment_id = _experiment_id(self.client, header['experiment'])
-        self.run_id: str | None = None
-
-    def resolve(self, known: str | None = None) -> str:
-        """The run to log into: `known` or the one tagged with this session (its own, from an
-        earlier try), else the run the session continues (marked RUNNING again), else a new run."""
-        own = known if known and self._exists(known) else self._created_by(self.header['session'])
-        if own:
-            self.run_id = own
-            return own
-        asked = self.header['run_id']
-        found = self._find(asked) if asked else None
-        if found:
-            self.client.update_run(found, status='RUNNING')
-        else:
-            if asked:
-                print_warning(f'MLflow run {asked} is not in {self.uri}; starting a new run')
-            found = self._create()
-        self.run_id = found
-        return found
-
-    def _exists(self, run_id: str) -> bool:
-        from mlflow.exceptions import MlflowException
-        try:
-            return self.client.get_run(run_id).info.lifecycle_stage == 'active'
-        except MlflowException as e:
-            if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
-                return False
-            raise
-
-    def _find(self, ref: str) -> str | None:
-        """An existing run id, or the run an `offline-<session>` session created (replaying that
-        session first when it still waits here)."""
-        if not ref.startswith(OFFLINE_PREFIX):
-            return ref if self._exists(ref) else None
-        from .replay import replay_session  # replay.py pushes through this module
-        session = ref.removeprefix(OFFLINE_PREFIX)
-        return self._created_by(session) or replay_session(self.root / session, tracking_uri=self.uri,
-                                                           client=self.client)
-
-    def _created_by(self, session: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SESSION_TAG}` = '{session}'",
-                                       max_results=1)
-        return runs[0].info.run_id if runs else None
-
-    def _create(self) -> str:
-        h = self.header
-        tags = {**h['tags'], 'mlflow.runName': h['run_name'], SESSION_TAG: h['session']}
-        return self.client.create_run(self.experiment_id, start_time=h['created'], tags=tags,
-                                      run_name=h['run_name']).info.run_id
+        self.run_id: str | None = None  # set by replay.resolve_run
 
     def push(self, ops: list[dict], *, dedup: bool = False) -> None:
         """Log `ops`; params, tags and metrics travel in batches between the other operations."""

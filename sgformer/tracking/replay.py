@@ -1,6 +1,7 @@
-"""Replaying the sessions that did not reach MLflow (journal.py), by `python -m
-pipeline.tools.replay_tracking` or by the next `Tracker` that reaches the same tracking URI (the
-evaluate stage, a rerun of train).
+"""Finding the run a session logs into, and replaying the sessions that did not reach MLflow
+(journal.py), by `python -m pipeline.tools.replay_tracking` or by the next `Tracker` that reaches
+the same tracking URI (the evaluate stage, a rerun of train). The two live together because each
+may need the other: a session that continues an offline run replays the session that created it.
 
 A session is replayed into the run it logged into, or the run it continues, or a new run when it
 never had one (its `offline-<session>` id, kept in card.json and checkpoints, then names that run:
@@ -9,10 +10,63 @@ the run is tagged `sgformer.session`). Replaying is idempotent: metric points th
 """
 from pathlib import Path
 
-from .journal import Session, now_ms, sessions
-from .pusher import Pusher, error_reason
+from .journal import OFFLINE_PREFIX, Session, now_ms, sessions
+from .pusher import Pusher, error_reason, print_warning
 
-__all__ = ['replay', 'replay_session']
+__all__ = ['SESSION_TAG', 'replay', 'replay_session', 'resolve_run']
+
+SESSION_TAG = 'sgformer.session'  # the session that created a run
+
+
+def resolve_run(pusher: Pusher, known: str | None = None) -> str:
+    """The run `pusher` logs into (also set as `pusher.run_id`): `known` or the one tagged with its
+    session (its own, from an earlier try), else the run the session continues (marked RUNNING
+    again), else a new run."""
+    own = known if known and _exists(pusher, known) else _created_by(pusher, pusher.header['session'])
+    if not own:
+        asked = pusher.header['run_id']
+        own = _find(pusher, asked) if asked else None
+        if own:
+            pusher.client.update_run(own, status='RUNNING')
+        else:
+            if asked:
+                print_warning(f'MLflow run {asked} is not in {pusher.uri}; starting a new run')
+            own = _create(pusher)
+    pusher.run_id = own
+    return own
+
+
+def _exists(pusher: Pusher, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    try:
+        return pusher.client.get_run(run_id).info.lifecycle_stage == 'active'
+    except MlflowException as e:
+        if e.error_code == 'RESOURCE_DOES_NOT_EXIST':
+            return False
+        raise
+
+
+def _find(pusher: Pusher, ref: str) -> str | None:
+    """An existing run id, or the run an `offline-<session>` session created (replaying that
+    session first when it still waits here)."""
+    if not ref.startswith(OFFLINE_PREFIX):
+        return ref if _exists(pusher, ref) else None
+    session = ref.removeprefix(OFFLINE_PREFIX)
+    return _created_by(pusher, session) or replay_session(pusher.root / session, tracking_uri=pusher.uri,
+                                                          client=pusher.client)
+
+
+def _created_by(pusher: Pusher, session: str) -> str | None:
+    runs = pusher.client.search_runs([pusher.experiment_id], filter_string=f"tags.`{SESSION_TAG}` = '{session}'",
+                                     max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _create(pusher: Pusher) -> str:
+    h = pusher.header
+    tags = {**h['tags'], 'mlflow.runName': h['run_name'], SESSION_TAG: h['session']}
+    return pusher.client.create_run(pusher.experiment_id, start_time=h['created'], tags=tags,
+                                    run_name=h['run_name']).info.run_id
 
 
 def replay(root: str | Path, *, tracking_uri: str | None = None, only_uri: str | None = None,
@@ -58,7 +112,7 @@ def replay_session(folder: str | Path, *, tracking_uri: str | None = None, clien
         header, ops = session.read()
         state = session.state()
         pusher = Pusher(tracking_uri or header['tracking_uri'], header, session.folder.parent, client=client)
-        run_id = pusher.resolve(known=state.get('run_id'))
+        run_id = resolve_run(pusher, known=state.get('run_id'))
         sent = state.get('pushed', 0) if run_id == state.get('run_id') else 0  # another run: all of it
         session.save_state(run_id, sent)
         pusher.push(ops[sent:], dedup=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .journal import Session
 from .pusher import Pusher, error_reason, print_warning
-from .replay import replay
+from .replay import replay, resolve_run
 
 __all__ = ['REPLAY_COMMAND', 'RETRY_S', 'Sender']
 
@@ -49,7 +49,7 @@ class Sender(threading.Thread):
         try:
             self.pusher = Pusher(self.uri, self.header, self.root)  # looks the experiment up
             self._replay_older()
-            self.session.save_state(self.pusher.resolve(), 0)
+            self.session.save_state(resolve_run(self.pusher), 0)
             return self.pusher.run_id
         except Exception as e:  # whatever MLflow raises: the run goes on offline
             self._failed(e)
@@ -87,7 +87,7 @@ class Sender(threading.Thread):
         try:
             if self.pusher is None:  # offline since the start: the run may not exist yet
                 self.pusher = Pusher(self.uri, self.header, self.root)
-                self.pusher.resolve()
+                resolve_run(self.pusher)
             self.pusher.push(self.pending, dedup=self.resync)
         except Exception as e:  # whatever MLflow raises: keep the operations, try later
             self._failed(e)
