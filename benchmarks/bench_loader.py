@@ -17,8 +17,8 @@ printed against the measured baseline.
     python benchmarks/bench_loader.py --per-class 100 --epochs 2 --img-size 160
 """
 import argparse
+import functools
 import io
-import json
 import os
 import platform
 import sys
@@ -37,6 +37,9 @@ from sgformer.augment.transforms import TrainTransform  # noqa: E402
 from sgformer.datasets.beton import convert_folder  # noqa: E402
 from sgformer.datasets.sample import write_sample  # noqa: E402
 from sgformer.eval.metrics import timed  # noqa: E402
+from sgformer.io import write_json_atomic  # noqa: E402
+
+from common import MIB, alternate, markdown_table  # noqa: E402
 
 # The official recipe's crops and batch augmentation (the ImageNet setting being benchmarked).
 OFFICIAL = Augment(scale=(0.08, 1.0), auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0)
@@ -60,25 +63,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def time_interleaved(loaders: dict, epochs: int, transform=None) -> dict[str, float]:
-    """Images/s of each loader over all epochs but the first; epochs alternate between loaders, so a
-    load change on the machine hits every loader alike."""
-    images, seconds = dict.fromkeys(loaders, 0), dict.fromkeys(loaders, 0.0)
+def _epoch(loader, transform=None) -> tuple[int, float]:
+    """Images and seconds of one epoch of `loader` (with `transform` of every batch)."""
+    images = 0
 
-    def consume(loader, counted: list[int]):
+    def consume():
+        nonlocal images
         for x, y in loader:
             if transform is not None:
                 transform(x, y)
-            counted[0] += len(x)
+            images += len(x)
 
-    for epoch in range(epochs):
-        for name, loader in loaders.items():
-            counted = [0]
-            elapsed = timed(lambda: consume(loader, counted))
-            if epoch > 0:
-                images[name] += counted[0]
-                seconds[name] += elapsed
-    return {name: images[name] / seconds[name] for name in loaders}
+    seconds = timed(consume)
+    return images, seconds
+
+
+def time_interleaved(loaders: dict, epochs: int, transform=None) -> dict[str, float]:
+    """Images/s of each loader over all epochs but the first; epochs alternate between loaders, so a
+    load change on the machine hits every loader alike."""
+    runs = alternate({name: functools.partial(_epoch, loader, transform) for name, loader in loaders.items()},
+                     epochs - 1, discard=1)
+    return {name: sum(n for n, _ in epochs) / sum(s for _, s in epochs) for name, epochs in runs.items()}
 
 
 def _mean_ms(fn, items) -> float:
@@ -163,14 +168,16 @@ def ffcv_ceilings(costs: dict[str, float], workers: int) -> dict[str, float]:
 
 def print_per_image(result: dict, workers: int) -> None:
     costs, folder = result['per_image_ms'], result['folder_img_s']
-    print('\n| one image, one thread | ms |\n|---|---|')
-    print(f"| baseline: PIL decode | {costs['pil_decode']:.3f} |")
-    print(f"| baseline: torchvision antialiased resized crop | {costs['torchvision_resize']:.3f} |")
-    print(f"| FFCV: turbojpeg decode (compressed images only) | {costs['ffcv_decode']:.3f} |")
-    print(f"| FFCV: resize_crop, OpenCV INTER_AREA (every image) | {costs['ffcv_resize']:.3f} |")
-    print(f'\n| FFCV ceiling, {workers} threads doing only decode + resize | img/s | vs ImageFolder measured |\n|---|---|---|')
-    for mode, img_s in ffcv_ceilings(costs, workers).items():
-        print(f'| beton `{mode}` | {img_s:.0f} | {img_s / folder:.2f}x |')
+    steps = {'pil_decode': 'baseline: PIL decode',
+             'torchvision_resize': 'baseline: torchvision antialiased resized crop',
+             'ffcv_decode': 'FFCV: turbojpeg decode (compressed images only)',
+             'ffcv_resize': 'FFCV: resize_crop, OpenCV INTER_AREA (every image)'}
+    print('\n' + markdown_table(('one image, one thread', 'ms'), [(what, f'{costs[step]:.3f}')
+                                                                  for step, what in steps.items()]))
+    print('\n' + markdown_table((f'FFCV ceiling, {workers} threads doing only decode + resize', 'img/s',
+                                 'vs ImageFolder measured'),
+                                [(f'beton `{mode}`', f'{img_s:.0f}', f'{img_s / folder:.2f}x')
+                                 for mode, img_s in ffcv_ceilings(costs, workers).items()]))
 
 
 def main(argv=None) -> None:
@@ -181,18 +188,16 @@ def main(argv=None) -> None:
              f"batch {args.batch}, {args.workers} workers, {'with' if args.augment else 'without'} augmentation, "
              f"{os.cpu_count()} CPUs")
     print(f'\n{setup}\n')
-    print('| what | img/s | vs ImageFolder |\n|---|---|---|')
-    print(f"| ImageFolder + DataLoader (JPEG files) | {result['folder_img_s']} | 1.0x |")
-    for mode, r in result['ffcv'].items():
-        print(f"| FFCV train loader, beton `{mode}` ({r['beton_bytes'] / 2 ** 20:.0f} MiB) | {r['img_s']} | {r['ratio']}x |")
-    for mode, r in result['ffcv'].items():
-        print(f"| conversion `{mode}`: beton writing / check + write both splits | "
-              f"{r['convert_write_img_s']} / {r['convert_total_img_s']} | |")
+    rows = [('ImageFolder + DataLoader (JPEG files)', result['folder_img_s'], '1.0x')]
+    rows += [(f"FFCV train loader, beton `{mode}` ({r['beton_bytes'] / MIB:.0f} MiB)", r['img_s'], f"{r['ratio']}x")
+             for mode, r in result['ffcv'].items()]
+    rows += [(f'conversion `{mode}`: beton writing / check + write both splits',
+              f"{r['convert_write_img_s']} / {r['convert_total_img_s']}", '') for mode, r in result['ffcv'].items()]
+    print(markdown_table(('what', 'img/s', 'vs ImageFolder'), rows))
     if 'per_image_ms' in result:
         print_per_image(result, args.workers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(result, setup=setup, args={k: str(v) for k, v in vars(args).items()},
-                                        python=platform.python_version()), indent=2) + '\n')
+    write_json_atomic(args.out, dict(result, setup=setup, args={k: str(v) for k, v in vars(args).items()},
+                                     python=platform.python_version()))
 
 
 if __name__ == '__main__':

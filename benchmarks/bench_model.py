@@ -12,11 +12,17 @@ Ratios are against `--baseline` (default: the first peer) from the same run.
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+from sgformer.eval.metrics import median_seconds, timed
+from sgformer.io import write_json_atomic
+
+from common import (MIB, OFFICIAL_MODELS, bare_train_step, device_name, inference_call, load_official,
+                    markdown_table, peak_allocated, reset_peak, rss_peak)
 
 DEFAULT_VARIANTS = ['sgformer_nano', 'sgformer_tiny', 'sgformer_s']
 DEFAULT_PEERS = ['swin_tiny_patch4_window7_224', 'pvt_v2_b2', 'deit_small_patch16_224']
@@ -29,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--official', type=Path, help='checkout of the official SG-Former repo (sgformer.py, pos_embed.py): '
                    'times its sgformer_s/m/b that match --variants')
     p.add_argument('--baseline', help='model the ratios are computed against (default: first peer)')
-    p.add_argument('--device', default='cuda' if _cuda_available() else 'cpu')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batch', type=int, default=8, help='training batch size')
     p.add_argument('--infer-batch', type=int, help='inference batch size (default: 2 x --batch)')
     p.add_argument('--img-size', type=int, nargs='+', default=[224], help='side, or height width')
@@ -42,20 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 # --- worker: one model, one process ----------------------------------------------------------
 
 def _build(name: str, source: str, official: Path | None, img_size: tuple[int, int]):
     import timm
     if source == 'official':
-        from bench_vs_official import load_official  # this folder is on sys.path when run as a script
         return getattr(load_official(official), name)()
     if source == 'ours':
         from sgformer.models import sgformer as ours
@@ -65,56 +62,37 @@ def _build(name: str, source: str, official: Path | None, img_size: tuple[int, i
 
 def _time_steps(step, steps: int, warmup: int, device) -> tuple[float, float]:
     """Returns (seconds of the first step, median seconds per timed step)."""
-    from sgformer.eval.metrics import median_seconds, timed
     first = timed(step, device)
     return first, median_seconds(step, steps=steps, warmup=max(warmup - 1, 0), device=device)
 
 
 def run_worker(spec: dict) -> dict:
-    import torch
-    import torch.nn.functional as F
-
     from sgformer.flops import count_macs  # also counts the CPU SDPA kernel
     if spec['threads']:
         torch.set_num_threads(spec['threads'])
     device = torch.device(spec['device'])
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = rss_peak(MIB)
     h, w = spec['img_size']
     model = _build(spec['name'], spec['source'], spec['official'] and Path(spec['official']), (h, w)).to(device)
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(spec['infer_batch'], 3, h, w, device=device)
     model.eval()
     macs = count_macs(model, (3, h, w), device=device)
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32  # autocast on CUDA only
     runner = torch.compile(model, dynamic=False) if spec["compile"] else model
-
-    @torch.inference_mode()
-    def infer():
-        with torch.autocast(**amp):
-            runner(x)
-
-    infer_first, infer_s = _time_steps(infer, spec['steps'], spec['warmup'], device)
+    infer_first, infer_s = _time_steps(inference_call(runner, x, dtype), spec['steps'], spec['warmup'], device)
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     xt = torch.randn(spec['batch'], 3, h, w, device=device)
     yt = torch.randint(0, 1000, (spec['batch'],), device=device)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    rss_train_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def train():
-        with torch.autocast(**amp):
-            loss = F.cross_entropy(runner(xt), yt)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    train_first, train_s = _time_steps(train, spec['steps'], spec['warmup'], device)
-    if device.type == 'cuda':
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:  # peak RSS of this process above what it held before the model was built
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    reset_peak(device)
+    rss_train_start = rss_peak(MIB)
+    train_first, train_s = _time_steps(bare_train_step(runner, opt, xt, yt, dtype), spec['steps'], spec['warmup'],
+                                       device)
+    peak_mib = peak_allocated(device, MIB)
+    if peak_mib is None:  # CPU: peak RSS of this process above what it held before the model was built
+        peak_mib = rss_peak(MIB) - rss_before
     return dict(
         model=spec['label'],
         params_m=params / 1e6,
@@ -138,7 +116,7 @@ def _specs(args) -> list[dict]:
     specs = []
     for name in args.variants:
         specs.append(dict(common, name=name, source='ours', label=name))
-        if args.official and name in ('sgformer_s', 'sgformer_m', 'sgformer_b'):
+        if args.official and name in OFFICIAL_MODELS:
             specs.append(dict(common, name=name, source='official', label=f'{name} (official code)'))
     specs += [dict(common, name=name, source='timm', label=name) for name in args.peers]
     return specs
@@ -154,17 +132,19 @@ def _measure(spec: dict) -> dict:
 
 def _table(rows: list[dict], baseline: str) -> str:
     base = next((r for r in rows if r['model'] == baseline and 'error' not in r), None)
-    lines = ['| model | params (M) | GMACs | infer img/s | train img/s | train × ' + baseline + ' | infer × '
-             + baseline + ' | train peak MiB | first train step s |', '|' + '---|' * 9]
+    header = ('model', 'params (M)', 'GMACs', 'infer img/s', 'train img/s', f'train × {baseline}',
+              f'infer × {baseline}', 'train peak MiB', 'first train step s')
+    cells = []
     for r in rows:
         if 'error' in r:
-            lines.append(f"| {r['model']} | error: {r['error']} |" + ' |' * 7)
+            cells.append((r['model'], f"error: {r['error']}", *[''] * 7))
             continue
         tr = r['train_img_s'] / base['train_img_s'] if base else float('nan')
         inf = r['infer_img_s'] / base['infer_img_s'] if base else float('nan')
-        lines.append(f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['infer_img_s']:.1f} | "
-                     f"{r['train_img_s']:.1f} | {tr:.2f} | {inf:.2f} | {r['train_peak_mib']:.0f} | {r['first_train_step_s']:.1f} |")
-    return '\n'.join(lines)
+        cells.append((r['model'], f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}", f"{r['infer_img_s']:.1f}",
+                      f"{r['train_img_s']:.1f}", f'{tr:.2f}', f'{inf:.2f}', f"{r['train_peak_mib']:.0f}",
+                      f"{r['first_train_step_s']:.1f}"))
+    return markdown_table(header, cells)
 
 
 def main(argv=None) -> None:
@@ -172,22 +152,19 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return
-    import torch
     specs = _specs(args)
     baseline = args.baseline or (args.peers[0] if args.peers else specs[0]['label'])
     rows = []
     for spec in specs:
         print(f"measuring {spec['label']} ...", file=sys.stderr, flush=True)
         rows.append(_measure(spec))
-    device_name = torch.cuda.get_device_name() if args.device == 'cuda' else platform.processor() or platform.machine()
-    header = (f"device={args.device} ({device_name}, {torch.get_num_threads()} threads) batch={args.batch} "
-              f"infer_batch={specs[0]['infer_batch']} img={specs[0]['img_size']} steps={args.steps} compile={args.compile} "
-              f"torch={torch.__version__}")
+    header = (f"device={args.device} ({device_name(args.device)}, {torch.get_num_threads()} threads) "
+              f"batch={args.batch} infer_batch={specs[0]['infer_batch']} img={specs[0]['img_size']} "
+              f"steps={args.steps} compile={args.compile} torch={torch.__version__}")
     print(header)
     print(_table(rows, baseline))
-    from sgformer.io import write_text_atomic
-    write_text_atomic(args.out, json.dumps(dict(config=vars(args) | dict(out=str(args.out), official=str(args.official)),
-                                                header=header, baseline=baseline, results=rows), indent=2, default=str))
+    write_json_atomic(args.out, dict(config=vars(args) | dict(out=str(args.out), official=str(args.official)),
+                                     header=header, baseline=baseline, results=rows))
 
 
 if __name__ == '__main__':

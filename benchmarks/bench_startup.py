@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +23,10 @@ sys.path.insert(0, str(REPO))
 from sgformer.config import Convert, Sample  # noqa: E402
 from sgformer.datasets.beton import convert_folder  # noqa: E402
 from sgformer.datasets.sample import write_sample  # noqa: E402
+from sgformer.eval.metrics import timed  # noqa: E402
 from sgformer.io import write_json_atomic  # noqa: E402
+
+from common import alternate, markdown_table  # noqa: E402
 
 LOADERS = '''
 import sys
@@ -49,10 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def process_seconds(betons: Path, workers: int, cache: Path) -> float:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONWARNINGS='ignore', PYTHONPATH=str(REPO))
-    start = time.perf_counter()
-    subprocess.run([sys.executable, '-c', LOADERS, str(betons), str(workers)], env=env, check=True,
-                   capture_output=True)
-    return time.perf_counter() - start
+    return timed(lambda: subprocess.run([sys.executable, '-c', LOADERS, str(betons), str(workers)], env=env,
+                                        check=True, capture_output=True))
 
 
 def main(argv=None) -> None:
@@ -61,18 +61,24 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         write_sample(tmp / 'src', Sample(num_classes=3, train_per_class=12, val_per_class=4, bad_files=False))
         convert_folder(tmp / 'src', tmp / 'betons', Convert(max_resolution=80, num_workers=1), report=tmp / 'report.json')
-        cold, warm = [], []
-        for r in range(args.rounds):
-            cache = tmp / f'cache-{r}'
-            cold.append(process_seconds(tmp / 'betons', args.workers, cache))
-            warm.append(process_seconds(tmp / 'betons', args.workers, cache))
+        caches = []
+
+        def cold() -> float:  # a new, empty cache folder
+            caches.append(tmp / f'cache-{len(caches)}')
+            return process_seconds(tmp / 'betons', args.workers, caches[-1])
+
+        def warm() -> float:  # the folder the cold process just filled
+            return process_seconds(tmp / 'betons', args.workers, caches[-1])
+
+        runs = alternate({'cold': cold, 'warm': warm}, args.rounds)
+        cold, warm = runs['cold'], runs['warm']
     result = dict(workers=args.workers, cold_s=cold, warm_s=warm, cold_median_s=statistics.median(cold),
                   warm_median_s=statistics.median(warm))
     result['cold_over_warm'] = result['cold_median_s'] / result['warm_median_s']
     print(f'FFCV train + val loaders, one epoch each, in a new process ({args.workers} worker(s), {args.rounds} rounds)')
-    print('| numba disk cache | seconds (median) | runs |\n|---|---|---|')
-    print(f'| cold (empty) | {result["cold_median_s"]:.1f} | {", ".join(f"{s:.1f}" for s in cold)} |')
-    print(f'| warm | {result["warm_median_s"]:.1f} | {", ".join(f"{s:.1f}" for s in warm)} |')
+    print(markdown_table(('numba disk cache', 'seconds (median)', 'runs'), [
+        (what, f'{result[f"{key}_median_s"]:.1f}', ', '.join(f'{s:.1f}' for s in result[f'{key}_s']))
+        for key, what in (('cold', 'cold (empty)'), ('warm', 'warm'))]))
     print(f'cold / warm: {result["cold_over_warm"]:.2f}x')
     write_json_atomic(args.out, result)
 

@@ -19,6 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sgformer.eval.metrics import timed
+from sgformer.io import write_json_atomic
+
+from common import create_trainer, markdown_table, repeated, round_seconds, uint8_batch
+
 AUGMENT = {'demo': {}, 'official': dict(auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0)}
 
 
@@ -50,29 +55,22 @@ def run_worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from sgformer.config import Checkpoint, Runtime, resolve_variant
-    from sgformer.eval.metrics import timed
     from sgformer.train.distributed import destroy_distributed, init_distributed
-    from sgformer.train.trainer import Trainer
 
     info = init_distributed(args.device)
-    variant = resolve_variant(args.model, img_size=args.img_size, num_classes=1000, batch_size=args.batch,
-                              augment=AUGMENT[args.augment])
     with tempfile.TemporaryDirectory() as checkpoints:
-        trainer = Trainer(variant, runtime=Runtime(device=args.device, compile=args.compile), checkpoint=Checkpoint(),
-                          dist_info=info, steps_per_epoch=args.warmup + args.steps, checkpoint_dir=checkpoints)
+        trainer = create_trainer(args.model, device=args.device, compile=args.compile, dist_info=info,
+                                 steps_per_epoch=args.warmup + args.steps, checkpoint_dir=checkpoints,
+                                 img_size=args.img_size, num_classes=1000, batch_size=args.batch,
+                                 augment=AUGMENT[args.augment])
         per_rank = args.batch // info.world_size
-        images = torch.randint(0, 256, (per_rank, 3, args.img_size, args.img_size), dtype=torch.uint8, device=info.device)
-        labels = torch.randint(0, 1000, (per_rank,), device=info.device)
+        images, labels = uint8_batch(per_rank, args.img_size, 1000, info.device)
         trainer.model.train()
+        step = lambda: trainer.train_step(images, labels)  # noqa: E731
 
-        def steps(n: int):
-            for _ in range(n):
-                trainer.train_step(images, labels)
-
-        timed(lambda: steps(args.warmup), info.device)
+        timed(repeated(step, args.warmup), info.device)
         dist.barrier()
-        seconds = timed(lambda: steps(args.steps), info.device) / args.steps  # the step is asynchronous: one sync
+        seconds = round_seconds(step, args.steps, info.device)  # the step is asynchronous: one sync
         state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
         row = torch.tensor([per_rank / seconds, _local_bytes(trainer.model.parameters()), _local_bytes(state)],
                            dtype=torch.float64)
@@ -108,13 +106,12 @@ def main(argv=None) -> None:
     base = rows[0]
     print(f'model={args.model} img={args.img_size} global_batch={args.batch} device={args.device} '
           f'augment={args.augment} compile={args.compile} steps={args.steps} (Trainer.train_step)')
-    print('| ranks | FSDP2 | img/s total | params MiB / rank | optimizer MiB / rank | memory × 1 rank |')
-    print('|---|---|---|---|---|---|')
-    for r in rows:
-        ratio = (r['param_mib_per_rank'] + r['optim_mib_per_rank']) / (base['param_mib_per_rank'] + base['optim_mib_per_rank'])
-        print(f"| {r['world_size']} | {r['sharded']} | {r['img_s_total']:.1f} | {r['param_mib_per_rank']:.2f} | "
-              f"{r['optim_mib_per_rank']:.2f} | {ratio:.2f} |")
-    from sgformer.io import write_json_atomic
+    header = ('ranks', 'FSDP2', 'img/s total', 'params MiB / rank', 'optimizer MiB / rank', 'memory × 1 rank')
+    base_mib = base['param_mib_per_rank'] + base['optim_mib_per_rank']
+    print(markdown_table(header, [
+        (r['world_size'], r['sharded'], f"{r['img_s_total']:.1f}", f"{r['param_mib_per_rank']:.2f}",
+         f"{r['optim_mib_per_rank']:.2f}", f"{(r['param_mib_per_rank'] + r['optim_mib_per_rank']) / base_mib:.2f}")
+        for r in rows]))
     write_json_atomic(args.out, dict(config={k: str(v) for k, v in vars(args).items()}, results=rows))
 
 

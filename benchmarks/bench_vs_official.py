@@ -12,10 +12,7 @@ training speed-up any rewrite of the rest can reach.
     python benchmarks/bench_vs_official.py --official /path/to/SG-Former [--variant sgformer_s --batch 8 --steps 5]
 """
 import argparse
-import importlib.util
-import json
 import statistics
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,30 +20,21 @@ import torch
 import torch.nn.functional as F
 
 from sgformer.eval.metrics import timed
+from sgformer.io import write_json_atomic
+
+from common import OFFICIAL_MODELS, alternate, load_official, markdown_table, profile_events
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--official', type=Path, required=True, help='checkout holding the official sgformer.py, pos_embed.py')
-    p.add_argument('--variant', default='sgformer_s', choices=['sgformer_s', 'sgformer_m', 'sgformer_b'])
+    p.add_argument('--variant', default='sgformer_s', choices=OFFICIAL_MODELS)
     p.add_argument('--batch', type=int, default=8, help='training batch (inference: twice this)')
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--steps', type=int, default=5)
     p.add_argument('--profile', action='store_true', help='split one training step of each by operator kind')
     p.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'bench_vs_official.json')
     return p.parse_args(argv)
-
-
-def load_official(checkout: Path):
-    import numpy as np
-    if not hasattr(np, 'float'):  # the official pos_embed.py predates NumPy 1.24
-        np.float = float
-    sys.path.append(str(checkout))
-    spec = importlib.util.spec_from_file_location('sgformer_official', checkout / 'sgformer.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # Operator kinds of the profile, matched on the aten name; the first match wins.
@@ -66,11 +54,8 @@ def op_kind(name: str) -> str:
 
 def profile_step(step) -> dict[str, float]:
     """Self CPU seconds of one call of `step`, summed per operator kind."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
     split = dict.fromkeys([*OP_KINDS, 'other'], 0.0)
-    for event in prof.key_averages():
+    for event in profile_events(step).key_averages():
         split[op_kind(event.key)] += event.self_cpu_time_total / 1e6
     return split
 
@@ -78,10 +63,9 @@ def profile_step(step) -> dict[str, float]:
 def print_profile(splits: dict[str, dict[str, float]]) -> float:
     """Print the per-kind table; returns the bound on the training speed-up."""
     totals = {name: sum(split.values()) for name, split in splits.items()}
-    print('\n| self CPU s, one training step | official | ours |\n|---|---|---|')
-    for kind in splits['ours']:
-        print(f"| {kind} | {splits['official'][kind]:.3f} | {splits['ours'][kind]:.3f} |")
-    print(f"| total (under the profiler) | {totals['official']:.3f} | {totals['ours']:.3f} |")
+    rows = [(kind, f"{splits['official'][kind]:.3f}", f"{splits['ours'][kind]:.3f}") for kind in splits['ours']]
+    rows.append(('total (under the profiler)', f"{totals['official']:.3f}", f"{totals['ours']:.3f}"))
+    print('\n' + markdown_table(('self CPU s, one training step', 'official', 'ours'), rows))
     shared = splits['ours']['matmul (Linear)'] + splits['ours']['convolution']
     bound = totals['official'] / shared
     print(f'\nmatrix products + convolutions of ours: {shared:.3f} s; with everything else free the '
@@ -115,25 +99,22 @@ def main(argv=None) -> None:
 
     for model in models.values():
         train_step(model)
-    times = {(name, kind): [] for name in models for kind in ('train', 'infer')}
-    for _ in range(args.steps):
-        for name, model in models.items():
-            times[name, 'train'].append(train_step(model))
-            times[name, 'infer'].append(infer_step(model))
-    medians = {f'{name}_{kind}_s': statistics.median(v) for (name, kind), v in times.items()}
+    steps = {'train': train_step, 'infer': infer_step}  # each returns the seconds of one timed call
+    times = alternate({f'{name}_{kind}_s': lambda step=step, model=model: step(model)
+                       for name, model in models.items() for kind, step in steps.items()}, args.steps)
+    medians = {key: statistics.median(seconds) for key, seconds in times.items()}
     result = dict(medians, train_speedup=medians['official_train_s'] / medians['ours_train_s'],
                   infer_speedup=medians['official_infer_s'] / medians['ours_infer_s'],
                   config={k: str(v) for k, v in vars(args).items()}, threads=torch.get_num_threads())
     print(f"{args.variant} batch {args.batch} @ {args.img_size}, {torch.get_num_threads()} threads, {args.steps} steps")
-    print('| | official s | ours s | speed-up |\n|---|---|---|---|')
-    for kind in ('train', 'infer'):
-        print(f"| {kind} | {medians[f'official_{kind}_s']:.3f} | {medians[f'ours_{kind}_s']:.3f} | "
-              f"{result[f'{kind}_speedup']:.2f}x |")
+    print(markdown_table(('', 'official s', 'ours s', 'speed-up'), [
+        (kind, f"{medians[f'official_{kind}_s']:.3f}", f"{medians[f'ours_{kind}_s']:.3f}",
+         f"{result[f'{kind}_speedup']:.2f}x")
+        for kind in ('train', 'infer')]))
     if args.profile:
         result['profile_s'] = {name: profile_step(lambda: train_step(model)) for name, model in models.items()}
         result['train_speedup_bound'] = print_profile(result['profile_s'])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json_atomic(args.out, result)
 
 
 if __name__ == '__main__':
