@@ -31,14 +31,14 @@ import torch
 from sgformer.augment.transforms import TrainTransform
 from sgformer.config import Augment
 from sgformer.eval.metrics import measure_speed, timed
-from sgformer.runtime import apply_compile
 from sgformer.train.distributed import init_distributed
 from sgformer.train.trainer import Trainer
 
-from common import (OFFICIAL_MODELS, Run, alternate_calls, bare_train_step, create_trainer, environment,
-                    failure, first_then_steady, fmt, free, inference_call, load_official, markdown_table,
-                    peak_allocated, profile_events, range_ms, range_op_counts, reset_peak, resident_allocated,
-                    target, times, uint8_batch)
+from common import (OFFICIAL_MODELS, Run, alternate_calls, create_trainer, environment, failure, free,
+                    peak_allocated, profile_events, range_ms, range_op_counts, reset_peak, resident_allocated, target,
+                    uint8_batch)
+from gpu_check_bare import bare_step, build_model, compare_model, measure_source
+from gpu_check_table import measurement_errors, table
 
 OFFICIAL_AUGMENT = dict(auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0, smoothing=0.1)
 AUGMENTS = {'official': OFFICIAL_AUGMENT, 'demo': {}}  # demo: the `Augment()` defaults
@@ -116,85 +116,6 @@ def settings_from(args) -> Settings:
     if args.rounds:
         updates['rounds'] = args.rounds
     return replace(base, **updates)
-
-
-# --- 1. the bare model step --------------------------------------------------------------------------
-
-def build_model(source: str, name: str, s: Settings, official: Path | None) -> torch.nn.Module:
-    if source == 'official':
-        model = getattr(load_official(official), name)(num_classes=s.num_classes, drop_path_rate=s.drop_path)
-    else:
-        model = timm.create_model(name, img_size=s.img_size, num_classes=s.num_classes, drop_path_rate=s.drop_path)
-        assert type(model).__module__.startswith('sgformer.'), f'{name} is not this implementation'
-    return model.to(s.device)
-
-
-def bare_step(model, s: Settings, device: torch.device):
-    """`bare_train_step` with fused AdamW on one float batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x = torch.randn(s.batch, 3, s.img_size, s.img_size, device=device)
-    return bare_train_step(model, optimizer, x, torch.randint(0, s.num_classes, (s.batch,), device=device), s.dtype)
-
-
-def measure_bare(model, s: Settings, device: torch.device, before: float,
-                 first: tuple[str, str] = ('first_train_step_s', 'first_infer_call_s')) -> dict:
-    """Train and inference img/s of `model` (compiled or not) in the bare step, peak GiB over `before`
-    (what was resident before the model was built) and the seconds of the first calls (keys `first`)."""
-    model.train()
-    first_train, train_s, train_peak = first_then_steady(bare_step(model, s, device), **s.timing)
-    free()
-    model.eval()
-    x = torch.randn(s.infer_batch, 3, s.img_size, s.img_size, device=device)
-    first_infer, infer_s, infer_peak = first_then_steady(inference_call(model, x, s.dtype), **s.timing)
-    model.train()
-    return {'train_img_s': s.batch / train_s, 'infer_img_s': s.infer_batch / infer_s,
-            'train_peak_gib': None if train_peak is None else train_peak - before,
-            'infer_peak_gib': None if infer_peak is None else infer_peak - before,
-            first[0]: first_train, first[1]: first_infer}
-
-
-def measure_source(source: str, name: str, s: Settings, official: Path | None,
-                   kinds: tuple[str, ...] = ('eager', 'compiled')) -> tuple[dict, torch.nn.Module]:
-    """Bare-step numbers of one implementation, eager then compiled (compiled only with `s.compile`;
-    a failing compile is recorded, not raised). Returns them and the model (compiled when that was
-    measured and worked)."""
-    device = torch.device(s.device)
-    before = resident_allocated(device)
-    model = build_model(source, name, s, official)
-    result = {}
-    if 'eager' in kinds:
-        result['eager'] = measure_bare(model, s, device, before)
-        free()
-    if 'compiled' in kinds and s.compile:
-        try:
-            apply_compile(model)  # model.compile(dynamic=False), with room for one graph per block kind and mode
-            result['compiled'] = measure_bare(model, s, device, before, first=('compile_train_s', 'compile_infer_s'))
-        except Exception as e:  # noqa: BLE001
-            result['compiled'] = failure(e)
-    return result, model
-
-
-def compare_model(name: str, s: Settings, official: Path | None, keep: bool = False,
-                  official_kinds: tuple[str, ...] = ('eager', 'compiled')) -> tuple[dict, tuple | None]:
-    """`{source: {'eager': ..., 'compiled': ...}}` for ours and, with a checkout, the official code; a
-    failure of one implementation is recorded as its `error`. With `keep`, also returns `(our model,
-    'compiled' | 'eager')`, compiled when that worked: the reference of the production step."""
-    result, reference = {}, None
-    for source in ['ours'] + (['official'] if official and name in OFFICIAL_MODELS else []):
-        try:
-            kinds = official_kinds if source == 'official' else ('eager', 'compiled')
-            result[source], model = measure_source(source, name, s, official, kinds)
-        except Exception as e:  # noqa: BLE001
-            result[source] = failure(e)
-            continue
-        if keep and source == 'ours':
-            compiled = 'error' not in result[source].get('compiled', {'error': 'not compiled'})
-            reference = (model, 'compiled') if compiled else (build_model(source, name, s, official), 'eager')
-        del model
-        free()
-    if official and name not in OFFICIAL_MODELS:
-        result['official'] = {'note': f'the official code has no {name}'}
-    return result, reference
 
 
 # --- 2. the production step, 4. evaluation -------------------------------------------------------------
@@ -310,7 +231,7 @@ def measure_outside_ops(run: Run, s: Settings) -> None:
              'depend on the resolution; the same step index (same augmentation draws) in every trainer')
 
 
-# --- targets, table ------------------------------------------------------------------------------------
+# --- targets ------------------------------------------------------------------------------------
 
 def evaluate_targets(results: dict, s: Settings) -> dict:
     """The issue's targets that this run measured, as booleans with their numbers."""
@@ -336,88 +257,6 @@ def evaluate_targets(results: dict, s: Settings) -> dict:
                                     'eval img/s (EMA, as the trainer compiles it) >= 2.4x the official model eager'),
         )
     return {k: v for k, v in targets.items() if v is not None}
-
-
-COLUMNS = ('measurement', 'ours eager', 'ours compiled', 'official eager', 'official compiled', 'ratio')
-QUANTITIES = (('train_img_s', 'bare train img/s', 1), ('infer_img_s', 'inference img/s', 1),
-              ('train_peak_gib', 'bare train peak GiB', 2), ('infer_peak_gib', 'inference peak GiB', 2))
-
-
-def row(label: str, cells: dict[str, str | None], ratio: str | None = None) -> list[str]:
-    return [label, *(cells.get(c) or '—' for c in COLUMNS[1:-1]), ratio or '—']
-
-
-def model_rows(label: str, entry: dict, with_ratio: bool = True) -> list[list[str]]:
-    """Check 1 rows of one model: each quantity for ours / official, eager / compiled, and their ratios."""
-    runs = {f'{source} {kind}': (entry.get(source) or {}).get(kind) or {}
-            for source in ('ours', 'official') for kind in ('eager', 'compiled')}
-    rows = []
-    for key, what, digits in QUANTITIES:
-        values = {column: r.get(key) for column, r in runs.items()}
-        if any(v is not None for v in values.values()):
-            ratios = [f'{kind} {r}' for kind in ('eager', 'compiled')
-                      if (r := times(values[f'ours {kind}'], values[f'official {kind}']))]
-            cells = {c: fmt(v, digits) for c, v in values.items() if v is not None}
-            rows.append(row(f'{label} {what}', cells, ', '.join(ratios) if with_ratio else None))
-    if compiled := {c: r for c, r in runs.items() if c.endswith('compiled') and r}:
-        rows.append(row(f'{label} compile s (first train step / first inference call)', {
-            c: 'failed (see JSON)' if 'error' in r else f"{fmt(r['compile_train_s'])} / {fmt(r['compile_infer_s'])}"
-            for c, r in compiled.items()}))
-    return rows
-
-
-def check_rows(results: dict) -> list[list[str]]:
-    """Rows of checks 2 to 5."""
-    p, e, a, ops = (results.get(k) for k in ('production', 'eval', 'augment_ms', 'outside_model_ops'))
-    rows = []
-    if p:
-        column = 'ours compiled' if p['compiled'] else 'ours eager'
-        official = ((results.get('models', {}).get(p['model']) or {}).get('official') or {}).get('eager') or {}
-        bare = p.get('bare_reference') or {}
-        ratio = [f"{results['production_vs_bare']:.2f}x the bare {bare['kind']} step ({fmt(bare['img_s'])} img/s, "
-                 'alternated)'] if bare else []
-        if official:
-            ratio.append(f"{times(p['img_s'], official['train_img_s'])} official eager")
-        cells = {column: fmt(p['img_s']), 'official eager': fmt(official.get('train_img_s'))}
-        rows.append(row(f"production step {p['model']} img/s ({p['augment']} augmentation)", cells, '; '.join(ratio)))
-        if p['peak_gib'] is not None:
-            rows.append(row(f"production step {p['model']} peak GiB",
-                            {column: fmt(p['peak_gib'], 2), 'official eager': fmt(official.get('train_peak_gib'), 2)},
-                            times(p['peak_gib'], official.get('train_peak_gib'))))
-    if e:
-        column = 'ours compiled' if e['ema_compiled'] else 'ours eager'
-        rows.append(row(f"eval img/s, {e['model']} EMA model (measure_speed, batch {e['batch']})",
-                        {column: fmt(e['ema_img_s']), 'official eager': fmt(e.get('official_eager_img_s'))},
-                        times(e['ema_img_s'], e.get('official_eager_img_s'))))
-    if a:
-        rows.append(row(f"augmentation ms per batch of {a['batch']} at {a['img_size']} px (official / demo)",
-                        {'ours eager': f"{fmt(a['official'], 2)} / {fmt(a['demo'], 2)}"}))
-    for model, by_batch in (ops or {}).get('totals', {}).items():
-        rows.append(row(f"outside-model ops per step, {model} (batch {' / '.join(by_batch)})",
-                        {'ours eager': ' / '.join(map(str, by_batch.values()))}))
-    return rows
-
-
-def table(results: dict) -> str:
-    rows = [r for name, entry in results.get('models', {}).items() for r in model_rows(name, entry)]
-    if 'official_check' in results:
-        rows += model_rows('sgformer_s @224 px batch 2 (code-path check, not a speed comparison)',
-                           results['official_check'], with_ratio=False)
-    return markdown_table(COLUMNS, rows + check_rows(results))
-
-
-def measurement_errors(results: dict) -> list[tuple[str, str]]:
-    """`(where, error)` of every implementation or compile that failed inside a section."""
-    errors = [('production compile', results['production_compile_error'])] \
-        if 'production_compile_error' in results else []
-    entries = dict(results.get('models', {}), **{'code-path check': results.get('official_check') or {}})
-    for name, entry in entries.items():
-        for source, kinds in entry.items():
-            if 'error' in kinds:
-                errors.append((f'{source} {name}', kinds['error']))
-            errors += [(f'{source} {name} {kind}', r['error']) for kind, r in kinds.items()
-                       if isinstance(r, dict) and 'error' in r]
-    return errors
 
 
 # --- main ------------------------------------------------------------------------------------------
