@@ -2,6 +2,7 @@
 zero_grad) and inference of this implementation and of the official code, eager and compiled: img/s,
 peak GiB and the seconds of the first (compiling) calls. `s` is gpu_check's `Settings`."""
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -11,7 +12,11 @@ from sgformer.runtime import apply_compile
 from common import (OFFICIAL_MODELS, bare_train_step, failure, first_then_steady, free, inference_call, load_official,
                     resident_allocated)
 
-def build_model(source: str, name: str, s: Settings, official: Path | None) -> torch.nn.Module:
+if TYPE_CHECKING:
+    from gpu_check import Settings
+
+
+def build_model(source: str, name: str, s: 'Settings', official: Path | None) -> torch.nn.Module:
     if source == 'official':
         model = getattr(load_official(official), name)(num_classes=s.num_classes, drop_path_rate=s.drop_path)
     else:
@@ -20,14 +25,14 @@ def build_model(source: str, name: str, s: Settings, official: Path | None) -> t
     return model.to(s.device)
 
 
-def bare_step(model, s: Settings, device: torch.device):
+def bare_step(model, s: 'Settings', device: torch.device):
     """`bare_train_step` with fused AdamW on one float batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(s.batch, 3, s.img_size, s.img_size, device=device)
     return bare_train_step(model, optimizer, x, torch.randint(0, s.num_classes, (s.batch,), device=device), s.dtype)
 
 
-def measure_bare(model, s: Settings, device: torch.device, before: float,
+def measure_bare(model, s: 'Settings', device: torch.device, before: float,
                  first: tuple[str, str] = ('first_train_step_s', 'first_infer_call_s')) -> dict:
     """Train and inference img/s of `model` (compiled or not) in the bare step, peak GiB over `before`
     (what was resident before the model was built) and the seconds of the first calls (keys `first`)."""
@@ -44,7 +49,7 @@ def measure_bare(model, s: Settings, device: torch.device, before: float,
             first[0]: first_train, first[1]: first_infer}
 
 
-def measure_source(source: str, name: str, s: Settings, official: Path | None,
+def measure_source(source: str, name: str, s: 'Settings', official: Path | None,
                    kinds: tuple[str, ...] = ('eager', 'compiled')) -> tuple[dict, torch.nn.Module]:
     """Bare-step numbers of one implementation, eager then compiled (compiled only with `s.compile`;
     a failing compile is recorded, not raised). Returns them and the model (compiled when that was
@@ -65,7 +70,7 @@ def measure_source(source: str, name: str, s: Settings, official: Path | None,
     return result, model
 
 
-def compare_model(name: str, s: Settings, official: Path | None, keep: bool = False,
+def compare_model(name: str, s: 'Settings', official: Path | None, keep: bool = False,
                   official_kinds: tuple[str, ...] = ('eager', 'compiled')) -> tuple[dict, tuple | None]:
     """`{source: {'eager': ..., 'compiled': ...}}` for ours and, with a checkout, the official code; a
     failure of one implementation is recorded as its `error`. With `keep`, also returns `(our model,
