@@ -42,8 +42,9 @@ from gpu_check_table import measurement_errors, table
 
 OFFICIAL_AUGMENT = dict(auto_augment='rand-m9-mstd0.5-inc1', reprob=0.25, mixup=0.8, cutmix=1.0, smoothing=0.1)
 AUGMENTS = {'official': OFFICIAL_AUGMENT, 'demo': {}}  # demo: the `Augment()` defaults
-OUTSIDE_RANGES = ('augment', 'guard', 'optimizer', 'ema', 'stats')  # train_step/... ranges outside the model
+OUTSIDE_RANGES = ('augment', 'accumulate', 'guard', 'optimizer', 'ema', 'stats')  # train_step/... ranges outside the model
 FORBIDDEN = ('mlflow', 'ffcv', 'dvc')
+ACCUM_STEPS = 2  # gradient accumulation of the op count's last configuration
 # Rough cost of comparing a model, relative to sgformer_s (blocks x width; compile time dominates).
 RELATIVE_COST = {'sgformer_nano': 0.3, 'sgformer_tiny': 0.5, 'sgformer_s': 1.0, 'sgformer_m': 1.7, 'sgformer_b': 2.2}
 
@@ -126,10 +127,11 @@ def dist_info(device: str):
 
 
 def build_trainer(model: str, s: Settings, *, augment: str, batch: int, img_size: int, compile: bool,
-                  checkpoint_dir: str) -> Trainer:
+                  checkpoint_dir: str, grad_accum_steps: int = 1) -> Trainer:
     return create_trainer(model, device=s.device, compile=compile, dist_info=dist_info(s.device), steps_per_epoch=1000,
                           checkpoint_dir=checkpoint_dir, img_size=img_size, num_classes=s.num_classes, batch_size=batch,
-                          drop_path_rate=s.drop_path, grad_clip=1.0, ema_decay=s.ema_decay, augment=AUGMENTS[augment])
+                          drop_path_rate=s.drop_path, grad_clip=1.0, ema_decay=s.ema_decay, augment=AUGMENTS[augment],
+                          grad_accum_steps=grad_accum_steps)
 
 
 def start_production(run: Run, s: Settings, compile: bool) -> tuple[Trainer, Callable[[], None], float, float | None]:
@@ -210,20 +212,25 @@ def measure_outside_ops(run: Run, s: Settings) -> None:
     """Check 5: `range_op_counts` of one step of eager trainers (the compiled forward and backward are
     not counted anyway), official augmentation, each profiled at the same step index."""
     warmup_steps = 1  # the first optimizer step also creates its state: profile the next one
-    counts = {}
-    for model, batch in itertools.product(s.op_models, s.op_batches):
+    counts, accumulated = {}, {}  # accumulated: the first model with grad_accum_steps=ACCUM_STEPS
+    configurations = [(model, batch, 1) for model, batch in itertools.product(s.op_models, s.op_batches)]
+    for model, batch, micro_steps in configurations + [(s.op_models[0], b, ACCUM_STEPS) for b in s.op_batches]:
         trainer = build_trainer(model, s, augment='official', batch=batch, img_size=s.op_img_size, compile=False,
-                                checkpoint_dir=run.tmp)
+                                checkpoint_dir=run.tmp, grad_accum_steps=micro_steps)
         images, labels = uint8_batch(batch, s.op_img_size, s.num_classes, s.device)
         for _ in range(warmup_steps):
             trainer.train_step(images, labels)
         events = profile_events(lambda: trainer.train_step(images, labels))
-        counts.setdefault(model, {})[str(batch)] = range_op_counts(events, OUTSIDE_RANGES)
+        (counts.setdefault(model, {}) if micro_steps == 1 else accumulated)[str(batch)] = \
+            range_op_counts(events, OUTSIDE_RANGES)
         del trainer, images, labels, events
         free()
     totals = {m: {b: c['total'] for b, c in by_batch.items()} for m, by_batch in counts.items()}
+    accumulated_totals = {b: c['total'] for b, c in accumulated.items()}
     run.results['outside_model_ops'] = dict(
         counts=counts, totals=totals,
+        accumulated=dict(model=s.op_models[0], grad_accum_steps=ACCUM_STEPS, totals=accumulated_totals,
+                         constant_across_batches=len(set(accumulated_totals.values())) == 1),
         constant_across_batches=all(len(set(t.values())) == 1 for t in totals.values()),
         constant_across_models=all(len({totals[m][b] for m in totals}) == 1 for b in map(str, s.op_batches)),
         img_size=s.op_img_size, augment='official', eager=True, profiled_step=warmup_steps,
@@ -245,6 +252,9 @@ def evaluate_targets(results: dict, s: Settings) -> dict:
                                            f'outside_model_ops equal at batch {" and ".join(map(str, s.op_batches))}'),
         ops_constant_across_models=target(ops.get('constant_across_models'), True,
                                           f'outside_model_ops equal for {" and ".join(s.op_models)}'),
+        ops_constant_with_accumulation=target((ops.get('accumulated') or {}).get('constant_across_batches'), True,
+                                              f'outside_model_ops equal at batch {" and ".join(map(str, s.op_batches))} '
+                                              f'with grad_accum_steps={ACCUM_STEPS}'),
     )
     official = (results.get('models', {}).get(s.models[0], {}).get('official') or {}).get('eager')
     if s.device == 'cuda' and official and production.get('img_s'):

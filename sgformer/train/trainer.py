@@ -232,8 +232,10 @@ class Trainer:
         so that the gradients add up to the whole batch's; FSDP2 reduces them after the last one
         only. Returns this rank's mean loss (detached)."""
         micro_steps = self.variant.grad_accum_steps
-        total = None
-        for i, (x, y) in enumerate(zip(images.chunk(micro_steps), targets.chunk(micro_steps))):
+        with record_function('train_step/accumulate'):
+            micro_batches = list(zip(images.chunk(micro_steps), targets.chunk(micro_steps)))
+        losses = []
+        for i, (x, y) in enumerate(micro_batches):
             if self.sharded:
                 self.model.set_requires_gradient_sync(i == micro_steps - 1)
             with record_function('train_step/forward'), autocast(self.device, self.dtype):
@@ -242,8 +244,9 @@ class Trainer:
                     loss = loss / micro_steps
             with record_function('train_step/backward'):
                 loss.backward()
-                total = loss.detach() if total is None else total + loss.detach()
-        return total
+            losses.append(loss.detach())
+        with record_function('train_step/accumulate'):
+            return losses[0] if micro_steps == 1 else torch.stack(losses).sum()
 
     def _global_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over ranks (enqueued on the device; every rank then takes the same NaN decision)."""

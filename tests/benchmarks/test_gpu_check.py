@@ -30,7 +30,8 @@ def test_smoke_writes_json_and_table(smoke):
     assert isinstance(result['production_vs_bare'], float) and result['production_vs_bare'] > 0
     assert result['production']['bare_reference']['kind'] == 'eager'  # nothing compiles in the smoke run
     assert result['forbidden_imports'] == []  # neither mlflow, ffcv nor dvc was imported
-    assert set(result['targets']) >= {'production_vs_bare', 'ops_constant_across_batches', 'ops_constant_across_models'}
+    assert set(result['targets']) >= {'production_vs_bare', 'ops_constant_across_batches', 'ops_constant_across_models',
+                                      'ops_constant_with_accumulation'}
     table = [line for line in proc.stdout.splitlines() if line.startswith('|')]
     assert table[0].startswith('| measurement |') and set(table[1]) == {'|', '-'}
     assert any('production step sgformer_nano' in line for line in table)
@@ -49,6 +50,8 @@ def test_outside_model_ops_do_not_grow_with_parameters_or_batch(smoke):
     assert all(n > 0 for by_batch in totals.values() for n in by_batch.values())
     breakdown = {model: {batch: c['ranges'] for batch, c in by_batch.items()}
                  for model, by_batch in ops['counts'].items()}
+    accumulated = ops['accumulated']['totals']  # grad_accum_steps=2: more ops per step, still none per image
+    assert set(accumulated) == {'8', '32'} and len(set(accumulated.values())) == 1, accumulated
     assert len({n for by_batch in totals.values() for n in by_batch.values()}) == 1, (
         f'ops dispatched per step outside forward/backward differ: {totals}; per range: {breakdown}; '
         f"most frequent per range: {ops['counts']['sgformer_s']['8']['top_ops']}")
