@@ -5,12 +5,13 @@ train, augment, runtime, checkpoint, tracking, eval.crop_pct, variants.<name>.
     torchrun --standalone --nproc_per_node=8 -m pipeline.train --variant s
     torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv-endpoint=HOST:PORT -m pipeline.train --variant b
 
-Run without torchrun and with `world_size > 1`, it relaunches itself under torchrun on this node.
-A rerun after a crash resumes from the newest checkpoint and continues the same MLflow run.
+Run without torchrun and with `world_size > 1`, it relaunches itself under torchrun on this node,
+whose elastic agent restarts the ranks up to `runtime.max_restarts` times when one dies. A rerun (or
+a restart) after a crash resumes from the newest checkpoint and continues the same MLflow run. On
+Slurm: launch/slurm/train.sbatch.
 """
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,30 +31,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _relaunch_under_torchrun(world_size: int, argv: list[str]) -> int:
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={world_size}',
-           '-m', 'pipeline.train', *argv]
-    return subprocess.call(cmd)
-
-
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     params = load_params_or_exit(args.params, data_source=True)
     variant = variant_or_exit(params, args.variant, args.params)
     if variant.world_size > 1 and 'LOCAL_RANK' not in os.environ:
-        sys.exit(_relaunch_under_torchrun(variant.world_size, argv))
+        from sgformer.train.distributed import launch_local
+        sys.exit(launch_local(variant.world_size, max_restarts=params.runtime.max_restarts, module='pipeline.train',
+                              args=argv))
 
     from sgformer.datasets.folder import DataError
     from sgformer.export import ExportError
     from sgformer.train.checkpoint import CheckpointFolderError
+    from sgformer.train.distributed import PeerLostError
     from sgformer.train.trainer import NonFiniteLossError
     from sgformer.weights import InitError
     from sgformer.train.run import RunPaths, train_variant
     paths = RunPaths(report=Path(args.report), model_dir=Path(args.models) / args.variant,
                      checkpoint_dir=Path(args.checkpoints) / args.variant,
                      metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
-    with exit_on_user_errors(ConfigError, DataError, ExportError, NonFiniteLossError, CheckpointFolderError, InitError):
+    with exit_on_user_errors(ConfigError, DataError, ExportError, NonFiniteLossError, CheckpointFolderError, InitError,
+                             PeerLostError):
         train_variant(args.variant, variant, data=params.data, loader=params.loader, runtime=params.runtime,
                       checkpoint=params.checkpoint, tracking=params.tracking, val_crop_pct=params.eval.crop_pct,
                       paths=paths, run_settings=params.run_settings(args.variant))

@@ -14,7 +14,9 @@ data folder (the stages that read `data.source` check it, `sgformer.cli.load_par
 it imports neither torch nor timm, unless a RandAugment spec is set (timm parses it):
 
     python -m sgformer.config check [params.yaml]     # validate and print the resolved config
+    python -m sgformer.config get runtime.max_restarts [params.yaml]   # one resolved value (launch scripts)
 """
+import json
 import re
 import sys
 from pathlib import Path
@@ -265,7 +267,8 @@ def resolve_variant(model: str, **fields) -> Variant:
 
 
 class Runtime(_Section):
-    """Where and how a training run executes: device, precision, FSDP2 sharding, recomputation, compile."""
+    """Where and how a training run executes: device, precision, FSDP2 sharding, recomputation, compile, and
+    what happens when a rank dies or hangs."""
 
     device: Literal['auto', 'cpu', 'cuda'] = Field('auto', description='auto: CUDA when available (NCCL), else CPU (gloo).')
     precision: Literal['auto', 'float32', 'bfloat16'] = Field(
@@ -275,6 +278,12 @@ class Runtime(_Section):
     activation_checkpointing: bool = Field(False, description='Recompute block activations in backward (saves memory).')
     compile: bool | Literal['auto'] = Field(False, description='torch.compile the model (per block when sharded); '
                                             'auto: on CUDA only.')
+    max_restarts: int = Field(3, ge=0, description="Restarts of a node's ranks by torchrun's elastic agent when one "
+                              'of them dies (each restart resumes from the newest complete checkpoint); 0: a dead rank '
+                              'ends the run. The train stage passes it as `torchrun --max-restarts`.')
+    collective_timeout_s: int = Field(600, ge=1, description='Seconds a collective (all-reduce, barrier, broadcast) '
+                                      'waits for the other ranks before the ranks that wait end with one line (a '
+                                      'peer is hung or dead); the process group timeout.')
 
 
 class Checkpoint(_Section):
@@ -452,15 +461,31 @@ def load_params(path: str | Path = 'params.yaml') -> Params:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != 'check':
-        print('usage: python -m sgformer.config check [params.yaml]', file=sys.stderr)
+    usage = 'usage: python -m sgformer.config check [params.yaml] | get <dotted key> [params.yaml]'
+    command, args = (argv[0], argv[1:]) if argv else (None, [])
+    if command not in ('check', 'get') or command == 'get' and not args:
+        print(usage, file=sys.stderr)
         return 2
+    key = args.pop(0) if command == 'get' else None
+    path = args[0] if args else 'params.yaml'
     try:
-        params = load_params(argv[1] if len(argv) > 1 else 'params.yaml')
+        resolved = load_params(path).model_dump(mode='json')
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(yaml.safe_dump(params.model_dump(mode='json'), sort_keys=False), end='')
+    if key is None:
+        print(yaml.safe_dump(resolved, sort_keys=False), end='')
+        return 0
+    value = resolved
+    for part in key.split('.'):
+        if not isinstance(value, dict) or part not in value:
+            print(f'error: {path}: {key}: no such key', file=sys.stderr)
+            return 1
+        value = value[part]
+    if isinstance(value, (dict, list)):
+        print(yaml.safe_dump(value, sort_keys=False), end='')
+    else:  # a scalar as a shell reads it: 3, true, null, data/sample
+        print(value if isinstance(value, str) else json.dumps(value))
     return 0
 
 

@@ -115,6 +115,20 @@ def test_check_command(tmp_path, capsys):
     assert 'variants.nano.img_size' in err and 'Traceback' not in err
 
 
+def test_get_command_prints_one_resolved_value(tmp_path, capsys):
+    """What a launch script reads (launch/slurm/train.sbatch: runtime.max_restarts)."""
+    path = str(write(tmp_path, GOOD))
+    for key, printed in (('runtime.max_restarts', '3'), ('variants.nano.epochs', '8'), ('train.init_from', 'null'),
+                         ('data.source', 'data/sample'), ('runtime.compile', 'false')):
+        assert main(['get', key, path]) == 0
+        assert capsys.readouterr().out == printed + '\n'
+    assert main(['get', 'runtime', path]) == 0
+    assert 'collective_timeout_s: 600\n' in capsys.readouterr().out
+    assert main(['get', 'runtime.nope', path]) == 1
+    assert capsys.readouterr().err == f'error: {path}: runtime.nope: no such key\n'
+    assert main(['get']) == 2
+
+
 def test_variants_inherit_train_defaults(tmp_path):
     params = load_params(write(tmp_path, GOOD.replace('variants:', 'train: {lr: 0.004, epochs: 7, img_size: 96}\nvariants:')
                                + '  tiny:\n    model: sgformer_tiny\n    lr: 0.002\n'))

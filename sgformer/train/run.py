@@ -12,6 +12,7 @@ from typing import Any
 import timm
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ..config import Checkpoint, ConfigError, Data, Loader, Runtime, Tracking, Variant
 from ..loader import LoaderPerSize, create_loader
@@ -20,7 +21,7 @@ from ..export import save_export
 from ..io import write_json_atomic, write_tsv_atomic
 from ..tracking import Tracker, dvc_tags, git_dirty
 from .checkpoint import check_shared_folder, mark_finished, prune_runs
-from .distributed import destroy_distributed, init_distributed
+from .distributed import destroy_distributed, init_distributed, peer_lost
 from .resize import train_img_sizes
 from .trainer import NonFiniteLossError, Trainer
 
@@ -76,8 +77,11 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
     Args:
         val_crop_pct: the per-epoch validation's centre crop (`eval.crop_pct`, as the evaluate stage).
         run_settings: logged as the MLflow run's params (`Params.run_settings(name)`).
+
+    Raises:
+        PeerLostError: another rank died, or hung past `runtime.collective_timeout_s`.
     """
-    info = init_distributed(runtime.device)
+    info = init_distributed(runtime.device, timeout_s=runtime.collective_timeout_s)
     try:
         class_index_file = Path(data.betons) / 'class_index.json'
         class_index = json.loads(class_index_file.read_text())
@@ -123,6 +127,11 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
             _export(name, variant, class_index, final, dict(raw=model_sd, ema=ema_sd), paths, history, tracker)
         tracker.end()
         return final
+    except (RuntimeError, CheckpointException) as e:  # DCP wraps a failed collective of a save
+        lost = peer_lost(e, rank=info.rank, timeout_s=runtime.collective_timeout_s)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         destroy_distributed()
 

@@ -331,20 +331,20 @@ class Trainer:
                    desc=f'epoch {self.progress.epoch}', unit='step')
         window = _Window(self.variant.batch_size, self.progress.step)
         batches, waited = iter(loader), 0.0
-        while True:
-            asked = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - asked
-            if batch is None:
-                break
-            self.train_step(*batch)
-            bar.update(1)
-            if self.progress.step % log_every == 0:
-                self._report(window.close(self.stats.read()), bar, tracker)  # the previous snapshot
-                self.stats.snapshot(self.progress.step)
-        self.stats.snapshot(self.progress.step)
-        self._report(window.close(self.stats.read()), bar, tracker)  # the epoch's last values: one sync
-        bar.close()
+        with bar:  # closed (its line cleared) on an error too, so the error's line stands alone
+            while True:
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - asked
+                if batch is None:
+                    break
+                self.train_step(*batch)
+                bar.update(1)
+                if self.progress.step % log_every == 0:
+                    self._report(window.close(self.stats.read()), bar, tracker)  # the previous snapshot
+                    self.stats.snapshot(self.progress.step)
+            self.stats.snapshot(self.progress.step)
+            self._report(window.close(self.stats.read()), bar, tracker)  # the epoch's last values: one sync
         loss_sum, good = self.stats.values[_LOSS_SUM].item(), self.stats.values[_GOOD_STEPS].item()
         return loss_sum / max(good, 1), waited
 

@@ -12,7 +12,6 @@ throwaway copy of the repository with a shrunken params.yaml (the "tiny override
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,19 +22,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import commit, copy_repo, shrink
+
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r'(<!-- readme-test: skip \((?P<why>[^)]*)\) -->\n)?```bash\n(?P<code>.*?)```', re.S)
-GIT = ['git', '-c', 'user.name=t', '-c', 'user.email=t@t']
-
-
-def shrink(params: dict) -> dict:
-    params['sample'].update(num_classes=3, train_per_class=8, val_per_class=3)
-    params['convert'].update(max_bad_fraction=0.2)  # 2 broken files of ~40
-    params['loader'].update(num_workers=1)
-    params['train'].update(epochs=1, batch_size=8, warmup_epochs=0)
-    params['eval'].update(speed_steps=1, speed_batch_size=2, resolutions=[96], num_pictures=2)
-    params['tracking'].update(system_metrics=False)
-    return params
 
 
 def env() -> dict[str, str]:
@@ -57,26 +47,6 @@ def edited(repo: Path, module: str):
     original = path.read_text()
     path.write_text(original + '\n# edited\n')
     return lambda: path.write_text(original)
-
-
-def copy_repo(dest: Path) -> None:
-    """The tracked files (as they are in the working tree) in a fresh git repository, with this
-    checkout's .venv linked in."""
-    files = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for rel in filter(None, files.split('\0')):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    (dest / 'dvc.lock').unlink(missing_ok=True)
-    (dest / '.venv').symlink_to(Path(sys.executable).resolve().parents[1] if not (ROOT / '.venv').exists()
-                                else ROOT / '.venv')
-    subprocess.run(['git', 'init', '-q'], cwd=dest, check=True)
-    commit(dest, 'copy')
-
-
-def commit(repo: Path, message: str) -> None:
-    subprocess.run(GIT + ['add', '-A'], cwd=repo, check=True)
-    subprocess.run(GIT + ['commit', '-qm', message], cwd=repo, check=True)
 
 
 def repro(repo: Path) -> str:

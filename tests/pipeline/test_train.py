@@ -3,9 +3,13 @@ sample, exports that reload in timm, DVC metrics/plots, one MLflow run that a re
 import csv
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -14,6 +18,7 @@ import timm
 import torch
 
 import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
+from conftest import Launch
 from pipeline.convert import main as convert
 from sgformer.config import Sample
 from sgformer.datasets.sample import write_sample
@@ -89,33 +94,83 @@ def first(paths) -> Path | None:
     return next(iter(paths), None)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_two_ranks_then_kill_9_during_a_checkpoint_save_and_the_export_then_rerun_matches_uninterrupted(
-        tmp_path, kill_when):
-    """An uninterrupted 2-rank run writes every output, and its rerun trains nothing and continues
-    its MLflow run. Then kill -9 of the whole torchrun process group while both ranks write a
-    checkpoint, a rerun killed while it writes the export, then a rerun to the end: it ends with
-    exactly the uninterrupted run's numbers and weights. FFCV draws its crops and flips from unseeded
-    per-thread generators, so this run turns them off (the seeded batch augmentation, mixup and
+CROP_FREE = 'augment: {scale: [1.0, 1.0], ratio: [1.0, 1.0], hflip: 0.0}\n'
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An uninterrupted 3-epoch 2-rank run: its params file, MLflow URI and output folder."""
+
+    params: Path
+    uri: str
+    out: Path
+
+    def params_for(self, tmp_path: Path, experiment: str, **runtime) -> Path:
+        """The same settings (and betons) for another MLflow experiment of the same store, with
+        the tracking queue in `tmp_path` and `runtime` keys set; returns the new params file."""
+        text = self.params.read_text().replace('experiment: stage-test', f'experiment: {experiment}').replace(
+            'log_every_steps: 1}', f'log_every_steps: 1, offline_dir: {tmp_path / "offline"}}}')
+        if runtime:
+            text += 'runtime: {' + ', '.join(f'{k}: {v}' for k, v in runtime.items()) + '}\n'
+        params = tmp_path / 'params.yaml'
+        params.write_text(text)
+        return params
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory) -> Reference:
+    """The run the interrupted ones must match. FFCV draws its crops and flips from unseeded
+    per-thread generators, so it turns them off (the seeded batch augmentation, mixup and
     drop-path stay on)."""
+    tmp_path = tmp_path_factory.mktemp('reference')
     write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=12, val_per_class=4))
     uri = f'sqlite:///{tmp_path}/mlflow.db'
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace(
-        'epochs: 2', 'epochs: 3') + 'augment: {scale: [1.0, 1.0], ratio: [1.0, 1.0], hflip: 0.0}\n')
+        'epochs: 2', 'epochs: 3') + CROP_FREE)
     convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
-    reference = tmp_path / 'reference'
-    reference.mkdir()
-    proc = train(reference, params)
+    out = tmp_path / 'reference'
+    out.mkdir()
+    proc = train(out, params)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    run_id = check_outputs_of_an_uninterrupted_run(reference, uri, epochs=3)
-    weights = (reference / 'models' / 'nano' / 'model.safetensors').read_bytes()
-    again = train(reference, params)  # the last checkpoint is complete: nothing is retrained
+    return Reference(params, uri, out)
+
+
+def assert_ends_as(out: Path, reference: Path) -> None:
+    """`out`'s run ended with `reference`'s metrics (but the wall-clock ones) and weights."""
+    expected = json.loads((reference / 'metrics' / 'nano.json').read_text())
+    got = json.loads((out / 'metrics' / 'nano.json').read_text())
+    for key in MEASURED_KEYS:  # wall-clock measurements
+        expected.pop(key, None), got.pop(key, None)
+    assert got == expected
+    for name in ('model.safetensors', 'raw.safetensors'):
+        assert (out / 'models' / 'nano' / name).read_bytes() == (reference / 'models' / 'nano' / name).read_bytes()
+
+
+def logged_step(offline: Path, step: int) -> Path | None:
+    """The tracking queue (under `offline`) holding train/loss at `step`, once rank 0 logged it."""
+    for queue in offline.glob('*/queue.jsonl'):
+        if any('"train/loss"' in line and f'"step": {step},' in line for line in queue.read_text().splitlines()):
+            return queue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_two_ranks_then_kill_9_during_a_checkpoint_save_and_the_export_then_rerun_matches_uninterrupted(
+        reference, tmp_path, kill_when):
+    """An uninterrupted 2-rank run writes every output, and its rerun trains nothing and continues
+    its MLflow run. Then kill -9 of the whole torchrun process group while both ranks write a
+    checkpoint, a rerun killed while it writes the export, then a rerun to the end: it ends with
+    exactly the uninterrupted run's numbers and weights."""
+    params, uri = reference.params, reference.uri
+    run_id = check_outputs_of_an_uninterrupted_run(reference.out, uri, epochs=3)
+    weights = (reference.out / 'models' / 'nano' / 'model.safetensors').read_bytes()
+    again = train(reference.out, params)  # the last checkpoint is complete: nothing is retrained
     assert again.returncode == 0, again.stderr[-4000:]
     client = mlflow.MlflowClient(tracking_uri=uri)
-    assert check_outputs_of_an_uninterrupted_run(reference, uri, epochs=3) == run_id
-    assert (reference / 'models' / 'nano' / 'model.safetensors').read_bytes() == weights
+    assert check_outputs_of_an_uninterrupted_run(reference.out, uri, epochs=3) == run_id
+    assert (reference.out / 'models' / 'nano' / 'model.safetensors').read_bytes() == weights
 
     out = tmp_path / 'interrupted'
     out.mkdir()
@@ -130,17 +185,70 @@ def test_two_ranks_then_kill_9_during_a_checkpoint_save_and_the_export_then_reru
 
     proc = train(out, params)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    expected = json.loads((reference / 'metrics' / 'nano.json').read_text())
-    got = json.loads((out / 'metrics' / 'nano.json').read_text())
-    for key in MEASURED_KEYS:  # wall-clock measurements
-        expected.pop(key, None), got.pop(key, None)
-    assert got == expected
-    for name in ('model.safetensors', 'raw.safetensors'):
-        assert (out / 'models' / 'nano' / name).read_bytes() == (reference / 'models' / 'nano' / name).read_bytes()
+    assert_ends_as(out, reference.out)
     assert not list((out / 'models').glob('.nano.*')) and not list(run.glob('*.tmp'))
     runs = client.search_runs([client.get_experiment_by_name('stage-test').experiment_id])
     assert len(runs) == 2  # the reference run and the interrupted-then-resumed one
     assert all(r.info.status == 'FINISHED' for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_rank_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_uninterrupted(reference, tmp_path):
+    """kill -9 of one rank (not of torchrun) in the middle of epoch 2 of 3: torchrun's elastic agent
+    (runtime.max_restarts) restarts both ranks, they resume from the newest checkpoint, and the
+    stage exits 0 with the uninterrupted run's numbers and weights, in one FINISHED MLflow run."""
+    params = reference.params_for(tmp_path, 'stage-elastic', max_restarts=1)
+    out = tmp_path / 'out'
+    launch = Launch(train_command(out, params), cwd=ROOT, env=train_env(), log=tmp_path / 'stderr.txt')
+    launch.wait_for(lambda: logged_step(tmp_path / 'offline', 5))  # epoch 1 is steps 5 to 8
+    launch.rank(1).kill()
+    code, stderr = launch.finish()
+    assert code == 0, stderr[-4000:]
+    assert 'at step 4 (epoch 1 of 3)' in stderr and 'Traceback' not in stderr, stderr[-4000:]
+    assert_ends_as(out, reference.out)
+    client = mlflow.MlflowClient(tracking_uri=reference.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name('stage-elastic').experiment_id])
+    assert run.info.status == 'FINISHED'
+    assert json.loads((out / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id'] == run.info.run_id
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'val/ema_top1')] == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_hung_rank_ends_the_others_in_one_line_after_the_collective_timeout(reference, tmp_path):
+    """SIGSTOP of one rank mid-epoch with no restarts: the other rank's next collective gives up
+    after runtime.collective_timeout_s, and it ends with one line naming the timeout, no traceback;
+    the stage exits non-zero."""
+    timeout_s = 20
+    params = reference.params_for(tmp_path, 'stage-hung', max_restarts=0, collective_timeout_s=timeout_s)
+    out = tmp_path / 'out'
+    launch = Launch(train_command(out, params), cwd=ROOT, env=train_env(), log=tmp_path / 'stderr.txt')
+    launch.wait_for(lambda: logged_step(tmp_path / 'offline', 2))
+    survivor, hung = launch.rank(0), launch.rank(1)
+    hung.suspend()
+    stopped = time.monotonic()
+    survivor.wait(timeout_s + 60)
+    waited = time.monotonic() - stopped
+    assert waited < timeout_s + 40
+    # torchrun now stops the hung rank: SIGTERM (pending while it is stopped), SIGKILL 30 s later;
+    # let it take the SIGTERM at once
+    launch.wait_for(lambda: sigterm_pending(hung.pid) or None, timeout=60)
+    hung.resume()
+    code, stderr = launch.finish(120)
+    assert code == 1, stderr[-4000:]
+    line = f'error: rank 0: the other ranks did not answer within runtime.collective_timeout_s = {timeout_s} s'
+    assert [piece for piece in re.split(r'[\r\n]', stderr) if piece.startswith('error:')] == [
+        f'{line} (a rank is hung or dead); stopping'], stderr[-4000:]
+    assert 'Traceback' not in stderr, stderr[-4000:]
+
+
+def sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits to be delivered to process `pid` (it is stopped)."""
+    status = Path(f'/proc/{pid}/status').read_text()
+    pending = int(re.search(r'^ShdPnd:\s*([0-9a-f]+)', status, re.M)[1], 16) | \
+        int(re.search(r'^SigPnd:\s*([0-9a-f]+)', status, re.M)[1], 16)
+    return bool(pending & 1 << (signal.SIGTERM - 1))
 
 
 def test_unknown_variant_exits_with_message(tmp_path):
