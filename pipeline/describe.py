@@ -30,12 +30,16 @@ def describe(model_name: str, model_kwargs: dict) -> dict:
                 **{k: round(v, 3) for k, v in model_size(model, size).items()})
 
 
+def data_class_count(betons: str) -> int:
+    """The class count of the betons, read only for a variant that leaves `num_classes` to the data."""
+    return len(json.loads((Path(betons) / 'class_index.json').read_text()))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     params = load_params_or_exit(args.params)
-    data_classes = len(json.loads((Path(params.data.betons) / 'class_index.json').read_text()))
     results = {name: describe(v.model, dict(v.model_kwargs(), num_classes=v.num_classes if v.num_classes is not None
-                                            else data_classes))
+                                            else data_class_count(params.data.betons)))
                for name, v in params.variants.items()}
     for name, r in results.items():
         print(f"{name}: {params.variants[name].model} {r['params_m']} M params, {r['gmacs']} GMACs at {r['img_size']}")
