@@ -1,5 +1,6 @@
-"""DVC stage `describe`: builds every variant and records its size and cost. Params read: variants, train
-(its img_size, num_classes, drop_path_rate), data.betons (the class count when num_classes is null)."""
+"""DVC stage `describe`: builds every variant and reports its size and cost before any training (the
+evaluate stage measures the same of each export). Params read: variants, train (its img_size,
+num_classes, drop_path_rate), data.betons (the class count when num_classes is null)."""
 import argparse
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from sgformer.io import write_json_atomic
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--params', default='params.yaml')
-    p.add_argument('--out', default='metrics/models.json')
+    p.add_argument('--out', default='reports/models.json')
     return p.parse_args(argv)
 
 
@@ -33,9 +34,9 @@ def describe(model_name: str, model_kwargs: dict) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     params = load_params_or_exit(args.params)
-    data_classes = len(json.loads((Path(params.data.betons) / 'class_index.json').read_text()))
+    class_index = Path(params.data.betons) / 'class_index.json'  # read only for a variant that needs it
     results = {name: describe(v.model, dict(v.model_kwargs(), num_classes=v.num_classes if v.num_classes is not None
-                                            else data_classes))
+                                            else len(json.loads(class_index.read_text()))))
                for name, v in params.variants.items()}
     for name, r in results.items():
         print(f"{name}: {params.variants[name].model} {r['params_m']} M params, {r['gmacs']} GMACs at {r['img_size']}")
