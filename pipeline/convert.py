@@ -1,13 +1,12 @@
 """DVC stage `convert`: ImageNet-layout folder -> FFCV betons and class index.
 
-Params read: data.source, data.betons, convert. Writes the report of skipped images and images
-per class, and the conversion statistics (a DVC metrics file).
+Params read: data.source, data.betons, convert. Writes the report: skipped images, images per
+class and the conversion's statistics.
 """
 import argparse
 
 from sgformer.cli import exit_on_user_errors, load_params_or_exit
 from sgformer.datasets.beton import DataError, convert_folder
-from sgformer.io import write_json_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -16,7 +15,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--src', help='ImageNet-layout folder (default: data.source)')
     p.add_argument('--out', help='folder for the betons and class_index.json (default: data.betons)')
     p.add_argument('--report', default='reports/convert.json')
-    p.add_argument('--metrics', default='metrics/convert.json')
     return p.parse_args(argv)
 
 
@@ -26,7 +24,6 @@ def main(argv=None) -> None:
     with exit_on_user_errors(DataError):
         stats = convert_folder(args.src or params.data.source, args.out or params.data.betons, params.convert,
                                report=args.report)
-    write_json_atomic(args.metrics, stats)
     print(f"converted {stats['train']['images']} train + {stats['val']['images']} val images "
           f"({stats['bad_images']} skipped, see {args.report}) at {stats['images_per_s']} img/s")
 

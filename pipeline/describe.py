@@ -1,5 +1,6 @@
-"""DVC stage `describe`: builds every variant and records its size and cost. Params read: variants, train
-(its img_size, num_classes, drop_path_rate), data.betons (the class count when num_classes is null)."""
+"""DVC stage `describe`: builds every variant and reports its size and cost before any training (the
+evaluate stage measures the same of each export). Params read: variants, train (its img_size,
+num_classes, drop_path_rate), data.betons (the class count when num_classes is null)."""
 import argparse
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from sgformer.io import write_json_atomic
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--params', default='params.yaml')
-    p.add_argument('--out', default='metrics/models.json')
+    p.add_argument('--out', default='reports/models.json')
     return p.parse_args(argv)
 
 

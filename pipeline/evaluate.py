@@ -4,8 +4,9 @@ Params read: eval, data, loader, runtime.compile, tracking.
     python -m pipeline.evaluate --variant nano                     # models/nano, as the stage runs it
     python -m pipeline.evaluate --variant official_s --model-dir models/official_s   # any export folder
 
-Writes <metrics>/eval_<variant>.json, <plots>/<variant>/{confusion.csv,per_class.tsv,images/*.png}
-and logs the same numbers (as eval/...) and pictures into the MLflow run that trained the export.
+Writes the headline <metrics>/<variant>.json (top1, top5, img_s, params_m, gmacs, gpu_hours), every
+number in <details>/eval_<variant>.json, <plots>/<variant>/{confusion.csv,per_class.tsv,images/*.png},
+and logs the numbers (as eval/...) and pictures into the MLflow run that trained the export.
 """
 import argparse
 import sys
@@ -21,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--report', default='reports/convert.json', help="the convert stage's report (skipped images)")
     p.add_argument('--models', default='models', help='the export is read from <models>/<variant>/')
     p.add_argument('--model-dir', help='an export folder (card.json + safetensors) instead of <models>/<variant>')
-    p.add_argument('--metrics', default='metrics', help='results in <metrics>/eval_<variant>.json')
+    p.add_argument('--metrics', default='metrics', help='the headline in <metrics>/<variant>.json')
+    p.add_argument('--details', default='reports', help='every number in <details>/eval_<variant>.json')
     p.add_argument('--plots', default='plots', help='tables and pictures in <plots>/<variant>/')
     return p.parse_args(argv)
 
@@ -35,7 +37,9 @@ def main(argv=None) -> None:
     from sgformer.eval.evaluation import EvalPaths, evaluate_export
     from sgformer.export import ExportError
     paths = EvalPaths(model_dir=Path(args.model_dir or Path(args.models) / args.variant), report=Path(args.report),
-                      metrics=Path(args.metrics) / f'eval_{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
+                      metrics=Path(args.metrics) / f'{args.variant}.json',
+                      details=Path(args.details) / f'eval_{args.variant}.json',
+                      plots_dir=Path(args.plots) / args.variant)
     with exit_on_user_errors(ExportError, DataError):
         results = evaluate_export(args.variant, paths=paths, eval_cfg=params.eval, data=params.data,
                                   loader=params.loader, tracking=params.tracking,

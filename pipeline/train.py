@@ -26,8 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--report', default='reports/convert.json', help="the convert stage's report (skipped images)")
     p.add_argument('--models', default='models', help='exports go to <models>/<variant>/')
     p.add_argument('--checkpoints', default='checkpoints', help='DCP checkpoints in <checkpoints>/<variant>/')
-    p.add_argument('--metrics', default='metrics', help='final metrics in <metrics>/<variant>.json')
-    p.add_argument('--plots', default='plots', help='per-epoch curves in <plots>/<variant>/')
+    p.add_argument('--plots', default='plots', help="every epoch's record in <plots>/train/<variant>.tsv")
     return p.parse_args(argv)
 
 
@@ -50,7 +49,7 @@ def main(argv=None) -> None:
     from sgformer.train.run import RunPaths, train_variant
     paths = RunPaths(report=Path(args.report), model_dir=Path(args.models) / args.variant,
                      checkpoint_dir=Path(args.checkpoints) / args.variant,
-                     metrics=Path(args.metrics) / f'{args.variant}.json', plots_dir=Path(args.plots) / args.variant)
+                     epochs=Path(args.plots) / 'train' / f'{args.variant}.tsv')
     with exit_on_user_errors(ConfigError, DataError, ExportError, NonFiniteLossError, CheckpointFolderError, InitError,
                              PeerLostError):
         train_variant(args.variant, variant, data=params.data, loader=params.loader, runtime=params.runtime,

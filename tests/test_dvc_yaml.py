@@ -10,7 +10,8 @@ import pytest
 from import_graph import REPO, load_graph, packages_above
 
 ENTRY_POINTS = {'describe': 'pipeline/describe.py', 'make_sample': 'pipeline/make_sample.py',
-                'convert': 'pipeline/convert.py', 'train': 'pipeline/train.py', 'evaluate': 'pipeline/evaluate.py'}
+                'convert': 'pipeline/convert.py', 'train': 'pipeline/train.py', 'evaluate': 'pipeline/evaluate.py',
+                'compare': 'pipeline/compare.py'}
 
 
 def imported_files(entry: Path, graph: dict[Path, set[Path]]) -> set[Path]:

@@ -300,8 +300,7 @@ def stage_params(tmp_path: Path, uri: str, register: bool = False) -> Path:
     text = text.replace('log_every_steps: 1}', f"log_every_steps: 1, offline_dir: '{tmp_path / 'offline'}', "
                         f'register_model: {str(register).lower()}, timeout_s: 5}}')
     params.write_text(text)
-    stage.convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics',
-                   str(tmp_path / 'c.json')])
+    stage.convert(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
     return params
 
 
@@ -317,7 +316,7 @@ def assert_complete_run(client, run_id: str, out: Path) -> None:
     assert [m.step for m in client.get_metric_history(run_id, 'val/ema_top1')] == [0, 1]
     assert {x.path for x in client.list_artifacts(run_id, 'model')} == \
         {'model/card.json', 'model/config.json', 'model/model.safetensors', 'model/raw.safetensors'}
-    assert [x.path for x in client.list_artifacts(run_id, 'plots')] == ['plots/train.tsv']
+    assert [x.path for x in client.list_artifacts(run_id, 'plots')] == ['plots/nano.tsv']
     assert sorted(d.tags[0].value for d in run.inputs.dataset_inputs) == ['training', 'validation']
     mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through it
     (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format='list')
@@ -348,7 +347,8 @@ def test_train_stage_survives_a_server_killed_mid_run(own_server, tmp_path):
     assert time.monotonic() - started < 180
     (warning,) = warnings_in(stderr)
     assert 'unreachable' in warning and 'queue.jsonl' in warning and 'Traceback' not in stderr
-    assert (tmp_path / 'metrics' / 'nano.json').is_file() and (tmp_path / 'models' / 'nano' / 'card.json').is_file()
+    assert (tmp_path / 'plots' / 'train' / 'nano.tsv').is_file()
+    assert (tmp_path / 'models' / 'nano' / 'card.json').is_file()
     (session,) = (tmp_path / 'offline').iterdir()
     assert (session / 'queue.jsonl').is_file()
     run_id = json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id']

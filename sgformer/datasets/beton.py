@@ -124,11 +124,11 @@ def convert_folder(src: str | Path, out: str | Path, convert: Convert, *, report
         src: ImageNet-layout folder.
         out: destination folder.
         convert: the `convert` settings.
-        report: JSON file listing every skipped image (path, reason) and the images per class;
-            written even on failure.
+        report: JSON file listing every skipped image (path, reason) and the images per class,
+            written even on failure; a complete conversion adds its statistics (`conversion`).
 
     Returns:
-        Statistics for the DVC metrics file: images/s and bytes per split.
+        The conversion's statistics: images, bytes and images/s per split, and overall.
 
     Raises:
         DataError: bad layout, class mismatch, or too many unusable images.
@@ -148,9 +148,10 @@ def convert_folder(src: str | Path, out: str | Path, convert: Convert, *, report
     fraction = len(bad) / total
     skip = {b['path'] for b in bad}
     kept = {split: [s for s in found[split] if s[0] not in skip] for split in SPLITS}
-    write_json_atomic(report, dict(count=len(bad), total=total, fraction=round(fraction, 6),
-                                   max_bad_fraction=convert.max_bad_fraction, images=bad,
-                                   per_class={split: _per_class(kept[split], index) for split in SPLITS}))
+    skipped = dict(count=len(bad), total=total, fraction=round(fraction, 6),
+                   max_bad_fraction=convert.max_bad_fraction, images=bad,
+                   per_class={split: _per_class(kept[split], index) for split in SPLITS})
+    write_json_atomic(report, skipped)
     if fraction > convert.max_bad_fraction:
         raise DataError(f'{len(bad)} of {total} images are unusable ({fraction:.2%} > convert.max_bad_fraction '
                         f'{convert.max_bad_fraction:.2%}); see {report}')
@@ -164,8 +165,10 @@ def convert_folder(src: str | Path, out: str | Path, convert: Convert, *, report
                                         tmp[f'{split}.beton'].stat().st_size)
         write_json_atomic(out / 'class_index.json', index)
     seconds = time.perf_counter() - start
-    return dict(stats, num_classes=len(index), bad_images=len(bad), seconds=round(seconds, 2),
-                images_per_s=round((total - len(bad)) / seconds, 1))
+    stats = dict(stats, num_classes=len(index), bad_images=len(bad), seconds=round(seconds, 2),
+                 images_per_s=round((total - len(bad)) / seconds, 1))
+    write_json_atomic(report, dict(skipped, conversion=stats))
+    return stats
 
 
 def _per_class(samples: list[tuple[str, int]], index: dict[str, int]) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """One export's evaluation, end to end: accuracy on the val set (also at extra resolutions), speed,
-size, pictures, DVC metrics / plots and the same numbers in the MLflow run that trained it.
+size, pictures; the headline as a DVC metrics file, every number in a report, tables as DVC plots,
+and the same numbers in the MLflow run that trained it.
 
 Runs on `eval.device` (CUDA when there is one) under bfloat16 autocast there, compiled when the
 run's `runtime.compile` asks for it; the reported throughput names its device and dtype.
@@ -24,14 +25,20 @@ from ..flops import model_size
 from .metrics import classification_metrics, measure_speed, predict
 from .pictures import confusion_png, significance_grids
 
+# The DVC metrics of a variant, the same keys in every variant's file so that `dvc metrics show` is
+# one row per variant: accuracy, speed, size and what training cost (`gpu_hours`, null for an
+# export that does not say). Every other number goes to the report.
+HEADLINE = ('top1', 'top5', 'img_s', 'params_m', 'gmacs', 'gpu_hours')
+
 
 @dataclass(frozen=True)
 class EvalPaths:
     """Where one evaluation reads and writes (the evaluate stage's DVC deps and outs)."""
 
     model_dir: Path
-    report: Path
-    metrics: Path
+    report: Path  # the convert stage's report (skipped images)
+    metrics: Path  # the headline (HEADLINE)
+    details: Path  # every number
     plots_dir: Path
 
 
@@ -76,7 +83,8 @@ class Evaluator:
 
 def evaluate_export(name: str, *, paths: EvalPaths, eval_cfg: Eval, data: Data, loader: Loader, tracking: Tracking,
                     compile_setting: bool | str = False) -> dict[str, float]:
-    """Evaluate the export in `paths.model_dir`; returns the metrics written to `paths.metrics`.
+    """Evaluate the export in `paths.model_dir`; returns every number (`paths.details`), of which
+    `paths.metrics` holds the headline.
 
     Raises:
         ExportError: the export is missing, or its classes are not the val data's.
@@ -112,9 +120,15 @@ def evaluate_export(name: str, *, paths: EvalPaths, eval_cfg: Eval, data: Data, 
     if keeper.kept:
         kept = torch.stack(keeper.kept).to(evaluator.device)
         pictures += significance_grids(model, kept, normalize(kept), paths.plots_dir / 'images')
-    write_json_atomic(paths.metrics, results)
+    write_json_atomic(paths.details, results)
+    write_json_atomic(paths.metrics, headline(results))
     _track(name, card, results, scores['per_class_top1'], names, pictures, tracking)
     return results
+
+
+def headline(results: dict) -> dict:
+    """The HEADLINE keys of an evaluation's results, in that order (`gpu_hours` is the training's)."""
+    return {k: results.get('train_gpu_hours' if k == 'gpu_hours' else k) for k in HEADLINE}
 
 
 def _write_plots(plots_dir: Path, names: list[str], labels, predicted, scores) -> list[Path]:

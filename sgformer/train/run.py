@@ -1,5 +1,5 @@
-"""One variant's training, end to end: process group, loaders, `Trainer`, MLflow run, DVC metrics
-and plots, and the export.
+"""One variant's training, end to end: process group, loaders, `Trainer`, MLflow run, the table of
+its epochs and the export.
 """
 import hashlib
 import json
@@ -18,7 +18,7 @@ from ..config import Checkpoint, ConfigError, Data, Loader, Runtime, Tracking, V
 from ..loader import LoaderPerSize, create_loader
 from ..datasets.beton import skipped_images
 from ..export import save_export
-from ..io import write_json_atomic, write_tsv_atomic
+from ..io import write_tsv_atomic
 from ..tracking import Tracker, dvc_tags, git_dirty
 from .checkpoint import check_shared_folder, mark_finished, prune_runs
 from .distributed import destroy_distributed, init_distributed, peer_lost
@@ -33,8 +33,7 @@ class RunPaths:
     report: Path
     model_dir: Path
     checkpoint_dir: Path
-    metrics: Path
-    plots_dir: Path
+    epochs: Path  # every epoch's record, a TSV table
 
 
 def _broadcast(value: Any) -> Any:
@@ -70,9 +69,10 @@ def with_class_count(name: str, variant: Variant, num_classes: int, *, where: Pa
 def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, runtime: Runtime,
                   checkpoint: Checkpoint, tracking: Tracking, val_crop_pct: float, paths: RunPaths,
                   run_settings: dict[str, Any]) -> dict[str, float]:
-    """Train `variant` and export it; returns the final metrics.
+    """Train `variant` and export it; returns the final metrics (the last epoch's record, also in
+    the export's card).
 
-    Collective: every rank calls it. Rank 0 alone writes MLflow, metrics, plots and exports.
+    Collective: every rank calls it. Rank 0 alone writes MLflow, the epochs table and the export.
 
     Args:
         val_crop_pct: the per-epoch validation's centre crop (`eval.crop_pct`, as the evaluate stage).
@@ -145,9 +145,8 @@ def _export(name: str, variant: Variant, class_index: dict, final: dict, weights
             history: list[dict], tracker: Tracker) -> None:
     save_export(paths.model_dir, model_name=variant.model, model_kwargs=variant.model_kwargs(), weights=weights,
                 class_index=class_index, card=dict(variant=name, metrics=final, mlflow_run_id=tracker.run_id))
-    write_json_atomic(paths.metrics, final)
-    write_tsv_atomic(paths.plots_dir / 'train.tsv', history)
+    write_tsv_atomic(paths.epochs, history)
     for file in sorted(paths.model_dir.iterdir()):
         tracker.log_artifact(file, 'model')
-    tracker.log_artifact(paths.plots_dir / 'train.tsv', 'plots')
+    tracker.log_artifact(paths.epochs, 'plots')
     tracker.log_model(paths.model_dir, step=history[-1]['epoch'])  # models:/<id>, linked to the last epoch's metrics

@@ -88,7 +88,7 @@ def test_kill_9_mid_conversion_leaves_no_final_file_and_a_rerun_converts_the_sam
 
     def command(out: Path) -> list[str]:
         return [sys.executable, '-m', 'pipeline.convert', '--params', str(params), '--src', str(src), '--out', str(out),
-                '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'm.json')]
+                '--report', str(tmp_path / 'bad.json')]
 
     out = tmp_path / 'out'
     kill_when(command(out), lambda: next(out.glob('.train.beton.*.tmp'), None), cwd=REPO, env=dict(os.environ))

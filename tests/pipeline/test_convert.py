@@ -1,4 +1,4 @@
-"""The `convert` stage: params in, betons, class index, report and metrics out; clear errors."""
+"""The `convert` stage: params in, betons, class index and report out; clear errors."""
 import json
 
 import pytest
@@ -18,7 +18,7 @@ variants:
 def run(tmp_path, max_bad=0.2):
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', out=tmp_path / 'betons', max_bad=max_bad))
-    main(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'm.json')])
+    main(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
 
 
 @pytest.mark.timeout(120)
@@ -27,13 +27,13 @@ def test_convert_writes_every_output(tmp_path):
     run(tmp_path)
     names = sorted(p.name for p in (tmp_path / 'betons').iterdir())
     assert names == ['class_index.json', 'train.beton', 'val.beton']
-    metrics = json.loads((tmp_path / 'm.json').read_text())
     readable = {d.name: len([f for f in d.iterdir() if not f.stem.endswith(('truncated', 'empty'))])
                 for d in sorted((tmp_path / 'src' / 'train').iterdir())}
     report = json.loads((tmp_path / 'bad.json').read_text())
     assert report['per_class']['train'] == readable and set(readable) == {synset(k) for k in range(3)}
-    assert metrics['val']['images'] == 7 and metrics['images_per_s'] > 0 and metrics['train']['bytes'] > 0
-    assert json.loads((tmp_path / 'bad.json').read_text())['count'] == 2
+    stats = report['conversion']
+    assert stats['val']['images'] == 7 and stats['images_per_s'] > 0 and stats['train']['bytes'] > 0
+    assert report['count'] == 2
 
 
 def test_convert_missing_split_exits_with_message(tmp_path):

@@ -1,4 +1,4 @@
-"""The `describe` stage writes one metrics record per variant."""
+"""The `describe` stage reports the size and cost of every variant."""
 import json
 
 import pytest
@@ -18,15 +18,15 @@ variants:
 """
 
 
-def test_describe_writes_metrics(tmp_path):
+def test_describe_reports_every_variant(tmp_path):
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS)
-    out = tmp_path / 'metrics' / 'models.json'
+    out = tmp_path / 'reports' / 'models.json'
     main(['--params', str(params), '--out', str(out)])
-    metrics = json.loads(out.read_text())
-    assert set(metrics) == {'a', 'b'}
-    assert metrics['a']['num_outputs'] == 10 and metrics['b']['num_outputs'] == 3
-    assert metrics['b']['gmacs'] > metrics['a']['gmacs'] > 0  # cost grows with resolution
+    report = json.loads(out.read_text())
+    assert set(report) == {'a', 'b'}
+    assert report['a']['num_outputs'] == 10 and report['b']['num_outputs'] == 3
+    assert report['b']['gmacs'] > report['a']['gmacs'] > 0  # cost grows with resolution
     assert not list(out.parent.glob('*.tmp'))
 
 

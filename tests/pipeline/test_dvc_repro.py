@@ -1,13 +1,14 @@
 """The whole pipeline through a real `dvc repro`, and then the README's own commands, in one
 throwaway copy of the repository with a shrunken params.yaml (the "tiny overrides"):
 
-- every stage's outputs, DVC metrics and the MLflow store after the first `dvc repro`;
+- every stage's outputs, DVC metrics (one headline file per variant, the same keys in each), the
+  charts that open `dvc plots show` and the MLflow store after the first `dvc repro`;
 - a second repro does nothing, and an edit to a module a stage imports marks that stage changed;
 - every shell block of the README that is not marked `readme-test: skip`, extracted from the
   README itself and run verbatim in one bash session (activation included), against a generated
-  ImageNet-layout folder for `/datasets/imagenet`: two DVC experiments that compare in `dvc exp
-  show`, `dvc metrics diff` and `dvc plots diff`, the switch to the ImageNet profile, the
-  significance command.
+  ImageNet-layout folder for `/datasets/imagenet`, with COLUMNS=160: three DVC experiments whose
+  comparison (`dvc exp show ...`, `dvc metrics show`, `dvc metrics diff`) prints every value in 160
+  columns, `dvc plots diff`, the switch to the ImageNet profile, the significance command.
 """
 import json
 import os
@@ -25,16 +26,18 @@ from PIL import Image
 from conftest import commit, copy_repo, shrink
 
 ROOT = Path(__file__).resolve().parents[2]
+HEADLINE = ['top1', 'top5', 'img_s', 'params_m', 'gmacs', 'gpu_hours']  # sgformer.eval.evaluation.HEADLINE
+WIDTH = 160  # the terminal the README's comparison commands fit
 BLOCK = re.compile(r'(<!-- readme-test: skip \((?P<why>[^)]*)\) -->\n)?```bash\n(?P<code>.*?)```', re.S)
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, DVC_NO_ANALYTICS='1', MLFLOW_DISABLE_TELEMETRY='true', PYTHONWARNINGS='ignore')
+def env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, DVC_NO_ANALYTICS='1', MLFLOW_DISABLE_TELEMETRY='true', PYTHONWARNINGS='ignore', **extra)
 
 
-def dvc(repo: Path, *args: str) -> str:
+def dvc(repo: Path, *args: str, **extra_env: str) -> str:
     return subprocess.run([sys.executable, '-m', 'dvc', *args], cwd=repo, capture_output=True, text=True, check=True,
-                          env=env()).stdout
+                          env=env(**extra_env)).stdout
 
 
 def changed_stages(repo: Path) -> set[str]:
@@ -92,19 +95,46 @@ def test_first_repro_writes_every_output(demo):
     repo, params, first = demo
     variants = list(params['variants'])
     assert len(variants) == 2
-    assert stages_run(first) == {'describe', 'make_sample', 'convert'} | {
+    assert stages_run(first) == {'describe', 'make_sample', 'convert', 'compare'} | {
         f'{stage}@{v}' for stage in ('train', 'evaluate') for v in variants}
     assert {p.name for p in (repo / 'data' / 'betons').iterdir()} == {'train.beton', 'val.beton', 'class_index.json'}
     for v in variants:
         assert {p.name for p in (repo / 'models' / v).iterdir()} == {'card.json', 'config.json', 'model.safetensors',
                                                                     'raw.safetensors'}
-        assert 'val_ema_top1' in json.loads((repo / 'metrics' / f'{v}.json').read_text())
-        evaluation = json.loads((repo / 'metrics' / f'eval_{v}.json').read_text())
-        assert {'top1', 'top5', 'img_s', 'gmacs', 'top1_96'} <= set(evaluation) and evaluation['images'] == 3 * 3 + 1
+        evaluation = json.loads((repo / 'reports' / f'eval_{v}.json').read_text())
+        assert {'top1', 'top5', 'img_s', 'gmacs', 'top1_96', 'latency_ms'} <= set(evaluation)
+        assert evaluation['images'] == 3 * 3 + 1
+        card = json.loads((repo / 'models' / v / 'card.json').read_text())
+        assert evaluation['train_gpu_hours'] == card['metrics']['gpu_hours'] > 0
         # the pictures are DVC-cached (plots/<v>/.gitignore); the tables are committed with the experiment
-        assert {p.name for p in (repo / 'plots' / v).iterdir()} == {'train.tsv', 'confusion.csv', 'per_class.tsv',
-                                                                   'images', '.gitignore'}
-    assert f'metrics/eval_{variants[0]}.json' in dvc(repo, 'metrics', 'show', '--json')
+        assert {p.name for p in (repo / 'plots' / v).iterdir()} == {'confusion.csv', 'per_class.tsv', 'images',
+                                                                   '.gitignore'}
+        assert 'val_ema_top1' in (repo / 'plots' / 'train' / f'{v}.tsv').read_text().splitlines()[0].split('\t')
+    assert set(json.loads((repo / 'reports' / 'models.json').read_text())) == set(variants)
+    assert json.loads((repo / 'reports' / 'convert.json').read_text())['conversion']['num_classes'] == 3
+
+    # the DVC metrics: one file per variant, the headline keys in each, nothing else
+    (shown,) = json.loads(dvc(repo, 'metrics', 'show', '--json')).values()
+    assert set(shown['data']) == {f'metrics/{v}.json' for v in variants}
+    for v in variants:
+        headline = shown['data'][f'metrics/{v}.json']['data']
+        evaluation = json.loads((repo / 'reports' / f'eval_{v}.json').read_text())
+        assert list(headline) == HEADLINE
+        assert headline == dict({k: evaluation[k] for k in HEADLINE[:-1]}, gpu_hours=evaluation['train_gpu_hours'])
+
+    # dvc plots show: val top-1 and train loss of every variant, one chart each, before anything else
+    plots = json.loads(dvc(repo, 'plots', 'show', '--json'))['data']
+    assert list(plots)[:2] == ['val top-1', 'train loss']
+    for chart, field in (('val top-1', 'val_ema_top1'), ('train loss', 'train_loss')):
+        (rendered,) = plots[chart]
+        values = rendered['content']['data']['values']
+        assert rendered['content']['encoding']['y']['field'] == field
+        assert sorted({(p['variant'], p['epoch']) for p in values}) == sorted((v, '0') for v in variants)
+    assert all(not id_.startswith(('plots/train', 'plots/curves')) for id_ in plots)  # no chart per variant's table
+    assert any(id_.endswith('.png') for id_ in plots)
+    dvc(repo, 'plots', 'show')
+    html = (repo / 'dvc_plots' / 'index.html').read_text()
+    assert 0 < html.index('val_top-1') < html.index('train_loss') < html.index(f'plots_{variants[0]}_confusion')
 
     client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{repo}/mlflow.db')
     experiment = client.get_experiment_by_name(params['tracking']['experiment'])
@@ -131,7 +161,7 @@ def test_nothing_reruns_and_code_edits_mark_their_stages(demo):
     assert changed_stages(repo) == {f'train@{v}' for v in variants}
     undo()
     undo = edited(repo, 'sgformer/config.py')
-    assert changed_stages(repo) == {'describe', 'make_sample', 'convert'} | {
+    assert changed_stages(repo) == {'describe', 'make_sample', 'convert', 'compare'} | {
         f'{stage}@{v}' for stage in ('train', 'evaluate') for v in variants}
     undo()
     assert changed_stages(repo) == set()
@@ -161,21 +191,21 @@ def test_readme_commands_run_verbatim(demo, tmp_path):
     for i, code in enumerate(blocks):
         script += [f'echo "::block {i}::"', code.replace('/datasets/imagenet', str(imagenet))]
     proc = subprocess.run(['bash', '-c', '\n'.join(script)], cwd=repo, capture_output=True, text=True,
-                          env=dict(env(), PATH=os.environ['PATH']), timeout=2300)
+                          env=dict(env(COLUMNS=str(WIDTH)), PATH=os.environ['PATH']), timeout=2300)
     outputs = dict(zip(blocks, re.split(r'::block \d+::\n', proc.stdout + proc.stderr)[1:]))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
     experiments = next(out for code, out in outputs.items() if "++variants.nano.lr" in code)
-    assert stages_run(experiments) >= {'train@nano', 'evaluate@nano', 'train@nano_dp'}
-    # every training run is an MLflow run: the demo's two, both variants for train.lr, only nano for its own lr
+    assert stages_run(experiments) >= {'train@nano', 'evaluate@nano', 'train@nano_dp', 'compare'}
+    # every training run is an MLflow run: the demo's two, both variants for train.lr, only nano for its own
+    # lrs, the fine-tuning at 96 px and the transfer (the ImageNet check logs into an experiment of its own)
     client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{repo}/mlflow.db')
     experiment = client.get_experiment_by_name(params['tracking']['experiment'])
     names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
-    assert names == ['nano', 'nano', 'nano', 'nano_dp', 'nano_dp']
+    assert names == ['nano'] * 6 + ['nano_dp'] * 2
     shown = json.loads(dvc(repo, 'exp', 'show', '--json'))
-    metrics = json.dumps(shown)
-    assert 'eval_nano.json' in metrics and 'val_ema_top1' in metrics and '"top1"' in metrics
-    assert 'recipes' not in metrics
+    assert 'recipes' not in json.dumps(shown)
+    check_the_comparison(repo, shown, next(out for code, out in outputs.items() if 'dvc exp show' in code))
     diff = json.loads(dvc(repo, 'metrics', 'diff', 'HEAD', '--json'))
     assert any(values.get('old') is not None and values.get('new') is not None
                for file in diff.values() for values in file.values())
@@ -185,5 +215,27 @@ def test_readme_commands_run_verbatim(demo, tmp_path):
     card = json.loads((repo / 'models' / 's' / 'card.json').read_text())  # the ImageNet profile's check
     assert card['model'] == 'sgformer_nano' and card['model_kwargs']['num_classes'] == 1000
     assert len(card['class_index']) == 1000
-    evaluation = json.loads((repo / 'metrics' / 'eval_s.json').read_text())
+    evaluation = json.loads((repo / 'reports' / 'eval_s.json').read_text())
     assert evaluation['images'] == 1000 and evaluation['img_size'] == 64
+
+
+def check_the_comparison(repo: Path, shown: list[dict], printed: str) -> None:
+    """What the README's comparison commands printed, in a terminal of WIDTH columns: no line
+    wider, nothing folded into `…`, and each of the 3 experiments' rows holds its top-1 of both
+    variants and its learning rates, as `dvc exp show --json` (`shown`) has them."""
+    lines = printed.splitlines()
+    assert lines and max(map(len, lines)) <= WIDTH and '…' not in printed, printed
+    states = {state['name']: state for b in shown for e in b.get('experiments') or () for state in e['revs']}
+    rows = [line for line in lines if line.lstrip().startswith(('├──', '└──'))]
+    assert len(rows) == 3, printed
+    for row in rows:
+        data = states[re.search(r'\[(\S+)\]', row)[1]]['data']
+        lrs = {data['params']['params.yaml']['data']['train']['lr'],
+               data['params']['params.yaml']['data']['variants']['nano'].get('lr', '-')}
+        top1 = {data['metrics'][f'metrics/{v}.json']['data']['top1'] for v in ('nano', 'nano_dp')}
+        assert all(f'{value:.5g}' in row.split() for value in top1) and all(str(lr) in row.split() for lr in lrs), row
+    assert all(f'metrics/{v}.json' in printed for v in ('nano', 'nano_dp'))  # dvc metrics show / diff: one row each
+    # COLUMNS is what rich obeys here: without the pager, the same table in fewer columns loses cells
+    narrow = dvc(repo, 'exp', 'show', '--no-pager', '--only-changed', '--drop', '.*/', '--keep', '.*:top1$',
+                 COLUMNS='100')
+    assert max(map(len, narrow.splitlines())) <= 100 and '…' in narrow

@@ -1,6 +1,6 @@
 """`import_official` + the `evaluate` stage: an official-format checkpoint built from the fixture
-gives the official logits through the export, and the stage writes metrics, DVC plots, pictures
-and the same numbers into MLflow."""
+gives the official logits through the export, and the stage writes the headline metrics, the
+report of every number, DVC plots, pictures and the same numbers into MLflow."""
 import argparse
 import csv
 import json
@@ -15,6 +15,7 @@ from pipeline.evaluate import main as evaluate
 from pipeline.tools.import_official import import_official
 from sgformer.config import Sample
 from sgformer.datasets.sample import write_sample
+from sgformer.eval.evaluation import HEADLINE
 from sgformer.export import load_export
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures'
@@ -61,12 +62,15 @@ def test_evaluate_stage_on_an_imported_checkpoint(tmp_path, official_export):
     uri = f'sqlite:///{tmp_path}/mlflow.db'
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri))
-    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
     evaluate(['--params', str(params), '--variant', 'official', '--model-dir', str(export),
               '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'metrics'),
-              '--plots', str(tmp_path / 'plots')])
+              '--details', str(tmp_path / 'reports'), '--plots', str(tmp_path / 'plots')])
 
-    metrics = json.loads((tmp_path / 'metrics' / 'eval_official.json').read_text())
+    metrics = json.loads((tmp_path / 'reports' / 'eval_official.json').read_text())
+    headline = json.loads((tmp_path / 'metrics' / 'official.json').read_text())
+    assert list(headline) == list(HEADLINE) and headline['gpu_hours'] is None  # an import says nothing of training
+    assert headline == {k: metrics.get(k) for k in HEADLINE}
     val_images = 10 * 2 + 1  # + the grayscale odd file, which converts to RGB
     assert metrics['images'] == val_images and metrics['img_size'] == 224
     official_params = sum(v.numel() for k, v in fixture['state_dict'].items() if v.is_floating_point())
@@ -92,9 +96,10 @@ def test_evaluate_refuses_an_export_of_other_classes(tmp_path, official_export):
     write_sample(tmp_path / 'src', Sample(num_classes=3, train_per_class=2, val_per_class=1, bad_files=False))
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=f'sqlite:///{tmp_path}/m.db'))
-    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
     with pytest.raises(SystemExit) as exit_info:
         evaluate(['--params', str(params), '--variant', 'official', '--model-dir', str(export),
-                  '--metrics', str(tmp_path / 'metrics'), '--plots', str(tmp_path / 'plots')])
+                  '--metrics', str(tmp_path / 'metrics'), '--details', str(tmp_path / 'reports'),
+                  '--plots', str(tmp_path / 'plots')])
     assert 'the export has 10 classes but' in str(exit_info.value.code) and 'has 3' in str(exit_info.value.code)
-    assert not (tmp_path / 'metrics').exists()
+    assert not (tmp_path / 'metrics').exists() and not (tmp_path / 'reports').exists()

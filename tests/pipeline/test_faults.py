@@ -53,7 +53,7 @@ def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 def outputs(tmp: Path) -> list[str]:
     return ['--report', str(tmp / 'report.json'), '--models', str(tmp / 'models'), '--checkpoints',
-            str(tmp / 'ckpt'), '--metrics', str(tmp / 'metrics'), '--plots', str(tmp / 'plots')]
+            str(tmp / 'ckpt'), '--plots', str(tmp / 'plots')]
 
 
 @pytest.fixture(scope='module')
@@ -61,7 +61,7 @@ def data(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp('faults')
     write_sample(tmp / 'src', Sample(num_classes=3, train_per_class=8, val_per_class=2))
     write_params(tmp)
-    proc = stage('convert', tmp, '--report', str(tmp / 'report.json'), '--metrics', str(tmp / 'convert.json'))
+    proc = stage('convert', tmp, '--report', str(tmp / 'report.json'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp
 
@@ -74,8 +74,7 @@ def write_params(tmp: Path, backend: str = 'ffcv', epochs: int = 1) -> None:
 @pytest.mark.timeout(300)
 def test_a_full_disk_during_convert_keeps_the_previous_betons(data):
     before = {p.name: p.read_bytes() for p in (data / 'betons').iterdir()}
-    proc = stage('convert', data, '--report', str(data / 'r2.json'), '--metrics', str(data / 'c2.json'),
-                 file_limit=200_000)
+    proc = stage('convert', data, '--report', str(data / 'r2.json'), file_limit=200_000)
     one_line_error(proc, 'no space left', str(data / 'betons'), 'file size limit')
     assert {p.name: p.read_bytes() for p in (data / 'betons').iterdir()} == before  # untouched, no .tmp left
     check_beton(data / 'betons' / 'train.beton')
@@ -93,7 +92,7 @@ def test_a_truncated_or_foreign_beton_is_named_before_loading(data, tmp_path):
                    'dvc repro convert')
     train.write_bytes(b'<html>not a beton</html>' * 10)
     one_line_error(stage('train', tmp_path, '--variant', 'nano', *outputs(tmp_path)), 'train.beton: not an FFCV beton')
-    assert not (tmp_path / 'models').exists() and not (tmp_path / 'metrics').exists()
+    assert not (tmp_path / 'models').exists() and not (tmp_path / 'plots').exists()
 
 
 @pytest.mark.slow
@@ -116,7 +115,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint(data
     proc = stage('train', tmp_path, '--variant', 'nano', *outputs(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]  # the rerun with space resumes and finishes
     assert f'resuming {run} at step {first.name.removeprefix("step-")}' in proc.stderr
-    assert json.loads((tmp_path / 'metrics' / 'nano.json').read_text())['val_top1'] >= 0
+    assert json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['metrics']['val_top1'] >= 0
 
 
 @pytest.mark.timeout(300)
@@ -151,6 +150,6 @@ def test_the_folder_backend_skips_unreadable_files_with_or_without_the_convert_r
     finally:
         write_params(data)
     assert reported.returncode == 0, reported.stderr[-3000:]
-    assert json.loads((tmp_path / 'metrics' / 'nano.json').read_text())['val_top1'] >= 0
+    assert json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['metrics']['val_top1'] >= 0
     assert unreported.returncode == 0, unreported.stderr[-3000:]
     assert 'folder backend: leaving out 2 unreadable images' in unreported.stderr  # checked itself, as convert does

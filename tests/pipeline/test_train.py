@@ -1,5 +1,5 @@
 """The `train` stage end to end: relaunch under a real 2-rank gloo torchrun, FFCV betons from the
-sample, exports that reload in timm, DVC metrics/plots, one MLflow run that a rerun continues."""
+sample, exports that reload in timm, the table of epochs, one MLflow run that a rerun continues."""
 import csv
 import json
 import os
@@ -39,7 +39,7 @@ variants:
 def train_command(out: Path, params: Path) -> list[str]:
     return [sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'nano',
             '--report', str(params.parent / 'bad.json'), '--models', str(out / 'models'), '--checkpoints', str(out / 'ckpt'),
-            '--metrics', str(out / 'metrics'), '--plots', str(out / 'plots')]
+            '--plots', str(out / 'plots')]
 
 
 def train_env() -> dict[str, str]:
@@ -52,18 +52,18 @@ def train(out: Path, params: Path) -> subprocess.CompletedProcess:
 
 
 def check_outputs_of_an_uninterrupted_run(out: Path, uri: str, epochs: int) -> str:
-    """The export reloads in timm (EMA and raw weights apart), DVC metrics and plots have every
-    epoch, the MLflow run holds the resolved params, per-step and per-epoch metrics and the model;
+    """The export reloads in timm (EMA and raw weights apart), its card holds the last epoch's
+    metrics and the table every epoch, the MLflow run holds the resolved params, per-step and per-epoch metrics and the model;
     returns the run id."""
     model_dir = out / 'models' / 'nano'
     card = json.loads((model_dir / 'card.json').read_text())
     assert card['model'] == 'sgformer_nano' and len(card['class_index']) == 3
     assert sorted(p.name for p in model_dir.iterdir()) == ['card.json', 'config.json', 'model.safetensors',
                                                             'raw.safetensors']
-    metrics = json.loads((out / 'metrics' / 'nano.json').read_text())
-    assert {'train_loss', 'val_top1', 'val_ema_top1', 'val_top5'} <= set(metrics)
-    rows = list(csv.DictReader((out / 'plots' / 'nano' / 'train.tsv').open(), delimiter='\t'))
+    assert {'train_loss', 'val_top1', 'val_ema_top1', 'val_top5'} <= set(card['metrics'])
+    rows = list(csv.DictReader((out / 'plots' / 'train' / 'nano.tsv').open(), delimiter='\t'))
     assert [r['epoch'] for r in rows] == [str(e) for e in range(epochs)]
+    assert rows[-1] == {k: str(v) for k, v in dict(epoch=epochs - 1, **card['metrics']).items()}
 
     ema = timm.create_model(f'local-dir:{model_dir}', pretrained=True).eval()
     raw = timm.create_model('sgformer_nano', pretrained=True, **card['model_kwargs'], pretrained_cfg_overlay=dict(
@@ -128,7 +128,7 @@ def reference(tmp_path_factory) -> Reference:
     params = tmp_path / 'params.yaml'
     params.write_text(PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace(
         'epochs: 2', 'epochs: 3') + CROP_FREE)
-    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
     out = tmp_path / 'reference'
     out.mkdir()
     proc = train(out, params)
@@ -138,8 +138,8 @@ def reference(tmp_path_factory) -> Reference:
 
 def assert_ends_as(out: Path, reference: Path) -> None:
     """`out`'s run ended with `reference`'s metrics (but the wall-clock ones) and weights."""
-    expected = json.loads((reference / 'metrics' / 'nano.json').read_text())
-    got = json.loads((out / 'metrics' / 'nano.json').read_text())
+    expected = json.loads((reference / 'models' / 'nano' / 'card.json').read_text())['metrics']
+    got = json.loads((out / 'models' / 'nano' / 'card.json').read_text())['metrics']
     for key in MEASURED_KEYS:  # wall-clock measurements
         expected.pop(key, None), got.pop(key, None)
     assert got == expected
@@ -180,7 +180,7 @@ def test_two_ranks_then_kill_9_during_a_checkpoint_save_and_the_export_then_reru
     assert sorted(p.name for p in run.iterdir() if p.name.startswith('step-')) == ['step-4', 'step-8.tmp']
     exporting = kill_when(train_command(out, params), lambda: first((out / 'models').glob('.nano.tmp')),
                           cwd=ROOT, env=train_env())
-    assert not (out / 'models' / 'nano').exists() and not (out / 'metrics' / 'nano.json').exists()
+    assert not (out / 'models' / 'nano').exists() and not (out / 'plots' / 'train' / 'nano.tsv').exists()
     assert exporting.name == '.nano.tmp'
 
     proc = train(out, params)
@@ -270,7 +270,7 @@ def test_other_settings_never_delete_an_interrupted_run(tmp_path, kill_when):
     settings_a = PARAMS.format(src=tmp_path / 'src', betons=tmp_path / 'betons', uri=uri).replace(
         'epochs: 2', 'epochs: 3').replace('world_size: 2', 'world_size: 1')  # checkpoint retention: one rank will do
     params.write_text(settings_a)
-    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
     kill_when(train_command(tmp_path, params), lambda: first((tmp_path / 'ckpt' / 'nano').glob('*/step-4')),
               cwd=ROOT, env=train_env())
     (run_a,) = [p.name for p in (tmp_path / 'ckpt' / 'nano').iterdir()]
@@ -299,15 +299,15 @@ def test_progressive_resize_then_fine_tune_the_export_on_other_classes(tmp_path)
         'world_size: 2', 'world_size: 1').replace('num_classes: 3', 'num_classes: null')
     params.write_text(base.replace('drop_path_rate: 0.1}', 'drop_path_rate: 0.1, '
                                    'progressive_resize: {min_size: 32, start_ramp: 0, end_ramp: 1}}'))
-    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json'), '--metrics', str(tmp_path / 'c.json')])
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad.json')])
     proc = train(tmp_path / 'first', params)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = list(csv.DictReader((tmp_path / 'first' / 'plots' / 'nano' / 'train.tsv').open(), delimiter='\t'))
+    rows = list(csv.DictReader((tmp_path / 'first' / 'plots' / 'train' / 'nano.tsv').open(), delimiter='\t'))
     assert [int(r['img_size']) for r in rows] == [32, 64]
     hours = [float(r['gpu_hours']) for r in rows]
     assert 0 < hours[0] < hours[1] < 0.1 and all(0 <= float(r['data_wait']) <= 1 for r in rows)
     assert all(float(r['peak_mem_gib']) > 0.1 for r in rows) and 'mfu' not in rows[0]  # no peak FLOP/s on a CPU
-    metrics = json.loads((tmp_path / 'first' / 'metrics' / 'nano.json').read_text())
+    metrics = json.loads((tmp_path / 'first' / 'models' / 'nano' / 'card.json').read_text())['metrics']
     assert metrics['img_size'] == 64 and metrics['gpu_hours'] == hours[1]
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name('stage-test').experiment_id])
@@ -321,7 +321,7 @@ def test_progressive_resize_then_fine_tune_the_export_on_other_classes(tmp_path)
     export = tmp_path / 'first' / 'models' / 'nano'
     tuned = base.replace(str(tmp_path / 'src'), str(two)).replace(str(tmp_path / 'betons'), str(tmp_path / 'betons2'))
     params.write_text(tuned.replace('epochs: 2', f'epochs: 1, init_from: {export}'))
-    convert(['--params', str(params), '--report', str(tmp_path / 'bad2.json'), '--metrics', str(tmp_path / 'c2.json')])
+    convert(['--params', str(params), '--report', str(tmp_path / 'bad2.json')])
     proc = train(tmp_path / 'tuned', params)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f'init_from {export}: loaded' in proc.stderr
