@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
+# what only the tests need: PostgreSQL under a team's MLflow server (tests/test_tracking_server.py)
+TEST_APT_PACKAGES := postgresql
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -20,6 +22,14 @@ install: $(STAMP)
 	fi
 	@touch $@
 
+# installed by `make test` only, when a package is missing
+.apt-test.ok:
+	@if dpkg -s $(TEST_APT_PACKAGES) >/dev/null 2>&1; then :; else \
+		echo "installing $(TEST_APT_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES); \
+	fi
+	@touch $@
+
 $(STAMP): pyproject.toml .apt.ok
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the Python stack into $(VENV) (log: $(VENV)/pip.log)"
@@ -30,7 +40,7 @@ $(STAMP): pyproject.toml .apt.ok
 demo: install
 	$(VENV)/bin/dvc repro
 
-test: install
+test: install .apt-test.ok
 	$(PY) -m pytest
 
 test-fast: install
@@ -41,4 +51,4 @@ bench: install
 	$(PY) benchmarks/bench_loader.py
 
 clean:
-	rm -rf $(VENV) .apt.ok
+	rm -rf $(VENV) .apt.ok .apt-test.ok
