@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
-# Only the tests need these (`make demo` does not): a one-node Slurm cluster for tests/launch/.
-TEST_APT_PACKAGES := slurm-wlm munge
+# Only the tests need these (`make demo` does not): a one-node Slurm cluster for tests/launch/,
+# PostgreSQL under a team's MLflow server (tests/test_tracking_server.py).
+TEST_APT_PACKAGES := slurm-wlm munge postgresql
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 

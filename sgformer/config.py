@@ -299,7 +299,9 @@ class Checkpoint(_Section):
 class Tracking(_Section):
     """MLflow tracking (rank 0 only)."""
 
-    tracking_uri: str = Field('sqlite:///mlflow.db', description='MLflow store or server URI.')
+    tracking_uri: str = Field('sqlite:///mlflow.db', description="MLflow store or server URI (a team's: "
+                              'http://host:5000); a relative sqlite path lies in the DVC repository root, also for a '
+                              'queued experiment.')
     experiment: str = Field('sgformer', min_length=1, description='MLflow experiment name.')
     system_metrics: bool = Field(True, description='Also log CPU/GPU/memory utilisation.')
     log_every_steps: int = Field(10, ge=1, description='Log train/loss, lr and img/s every this many steps.')

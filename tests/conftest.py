@@ -111,6 +111,11 @@ def shrink(params: dict) -> dict:
     return params
 
 
+def project_venv() -> Path:
+    """The environment the stages run with: this checkout's .venv, else this interpreter's prefix."""
+    return ROOT / '.venv' if (ROOT / '.venv').exists() else Path(sys.executable).resolve().parents[1]
+
+
 def copy_repo(dest: Path) -> None:
     """The tracked files (as they are in the working tree) in a fresh git repository, with this
     checkout's .venv linked in."""
@@ -120,8 +125,7 @@ def copy_repo(dest: Path) -> None:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     (dest / 'dvc.lock').unlink(missing_ok=True)
-    (dest / '.venv').symlink_to(Path(sys.executable).resolve().parents[1] if not (ROOT / '.venv').exists()
-                                else ROOT / '.venv')
+    (dest / '.venv').symlink_to(project_venv())
     subprocess.run(['git', 'init', '-q'], cwd=dest, check=True)
     commit(dest, 'copy')
 

@@ -88,6 +88,25 @@ def test_dvc_tags_and_offline_root_follow_dvc(tmp_path, monkeypatch):
     assert offline_root(Tracking(offline_dir=str(tmp_path / 'q'))) == tmp_path / 'q'
 
 
+def test_a_queued_experiment_logs_into_the_repository_s_store(tmp_path, monkeypatch):
+    """`dvc exp run --queue` runs a stage in a temporary copy, `.dvc/tmp/exps/<tmp>`, that DVC deletes
+    afterwards, with DVC_ROOT naming the repository: the default `sqlite:///mlflow.db`, the new
+    experiment's artifacts and the offline queue are the repository's, nothing lands in the copy."""
+    repo, copy = tmp_path / 'repo', tmp_path / 'repo' / '.dvc' / 'tmp' / 'exps' / 'tmpabc'
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv('DVC_ROOT', str(repo))
+    tracker = Tracker(Tracking(experiment='sweep', system_metrics=False), run_name='nano')
+    (copy / 'card.json').write_text('{}')
+    tracker.log_artifact(copy / 'card.json', 'model')
+    tracker.end()
+    assert sorted(p.name for p in copy.iterdir()) == ['card.json']
+    client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{repo}/mlflow.db')
+    (run,) = client.search_runs([client.get_experiment_by_name('sweep').experiment_id])
+    assert run.info.run_id == tracker.run_id and run.info.status == 'FINISHED'
+    assert (repo / 'mlruns' / 'sweep' / run.info.run_id / 'artifacts' / 'model' / 'card.json').is_file()
+
+
 def test_no_server_queues_on_disk_and_replays_once(tmp_path, monkeypatch, capfd):
     """Nothing listens at the tracking URI: the run goes on with one warning line, its tracking
     waits in the queue, and replaying the queue (twice) logs it once, into one run."""

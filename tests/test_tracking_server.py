@@ -3,6 +3,9 @@ variants' runs with their params diff, metric histories, artifacts, dataset inpu
 registered models that load back to the export's logits; and outages (server killed mid-run,
 nothing listening from the start) that cost no training and are replayed, once, later.
 
+A team's server (the README's "A team's tracking and data"): `mlflow server` on PostgreSQL with
+its artifacts proxied into a folder, the database stopped under a running stage.
+
 The stage tests (slow) run the real `python -m pipeline.train` on a tiny generated sample."""
 import importlib.util
 import json
@@ -13,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -46,22 +50,27 @@ def free_port() -> int:
 
 
 class Server:
-    """`mlflow server` on 127.0.0.1 over a sqlite store and local artifacts; restartable on the
-    same store and port."""
+    """`mlflow server` on 127.0.0.1, restartable on the same store and port: over a sqlite store in
+    `folder` with artifacts written by the clients there, or over `backend_store_uri` (a team's
+    database) with artifacts proxied into `artifacts_destination` (`--serve-artifacts`)."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, *, backend_store_uri: str | None = None,
+                 artifacts_destination: Path | None = None):
         self.folder, self.port = folder, port or free_port()
         self.uri = f'http://127.0.0.1:{self.port}'
+        self.backend_store_uri = backend_store_uri or f'sqlite:///{folder}/mlflow.db'
+        self.artifacts_destination = artifacts_destination
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> 'Server':
+        artifacts = ['--default-artifact-root', str(self.folder / 'mlruns')] if self.artifacts_destination is None \
+            else ['--artifacts-destination', str(self.artifacts_destination), '--serve-artifacts']
         cmd = [MLFLOW, 'server', '--host', '127.0.0.1', '--port', str(self.port), '--workers', '1',
-               '--backend-store-uri', f'sqlite:///{self.folder}/mlflow.db',
-               '--default-artifact-root', str(self.folder / 'mlruns')]
+               '--backend-store-uri', self.backend_store_uri, *artifacts]
         env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY='true', MLFLOW_SERVER_ENABLE_JOB_EXECUTION='false')
         with (self.folder / 'server.log').open('a') as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # a new database: MLflow creates its tables first
         while not self.healthy():
             assert self.proc.poll() is None, (self.folder / 'server.log').read_text()[-3000:]
             assert time.monotonic() < deadline, 'mlflow server did not answer /health'
@@ -319,8 +328,9 @@ def assert_complete_run(client, run_id: str, out: Path) -> None:
     assert [x.path for x in client.list_artifacts(run_id, 'plots')] == ['plots/nano.tsv']
     assert sorted(d.tags[0].value for d in run.inputs.dataset_inputs) == ['training', 'validation']
     mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve through it
-    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format='list')
-    assert model.source_run_id == run_id and model.name == 'nano'
+    (model,) = [m for m in mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format='list')
+                if m.source_run_id == run_id]
+    assert model.name == 'nano'
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(mlflow.pytorch.load_model(model.model_uri)(x),
@@ -334,17 +344,7 @@ def test_train_stage_survives_a_server_killed_mid_run(own_server, tmp_path):
     params = stage_params(tmp_path, own_server.uri)
     env = dict(stage.train_env(), DVC_EXP_NAME='tiny-exp')
     client = mlflow.MlflowClient(own_server.uri)
-    started = time.monotonic()
-    launch = subprocess.Popen(stage.train_command(tmp_path, params), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    while not _queued_a_step(tmp_path / 'offline'):  # the first step is in the queue (and being sent)
-        assert launch.poll() is None, launch.communicate()[1][-3000:]
-        assert time.monotonic() - started < 300
-        time.sleep(0.01)
-    own_server.stop(signal.SIGKILL)  # 11 steps, 2 evaluations, the export and the model to go
-    _, stderr = launch.communicate(timeout=180)
-    assert launch.returncode == 0, stderr[-3000:]
-    assert time.monotonic() - started < 180
+    stderr = train_through_an_outage(tmp_path, params, env, lambda: own_server.stop(signal.SIGKILL))
     (warning,) = warnings_in(stderr)
     assert 'unreachable' in warning and 'queue.jsonl' in warning and 'Traceback' not in stderr
     assert (tmp_path / 'plots' / 'train' / 'nano.tsv').is_file()
@@ -355,12 +355,40 @@ def test_train_stage_survives_a_server_killed_mid_run(own_server, tmp_path):
 
     own_server.start()  # same store, same port
     assert len(client.get_metric_history(run_id, 'train/loss')) < STEPS  # the outage cost these
-    replayed = subprocess.run([sys.executable, '-m', 'pipeline.tools.replay_tracking', '--params', str(params)], cwd=ROOT,
-                              env=stage.train_env(), capture_output=True, text=True, timeout=300)
-    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    replayed = replay_command(params)
     assert f'into run {run_id}' in replayed.stdout and not (tmp_path / 'offline').exists()
     assert_complete_run(client, run_id, tmp_path)
     assert client.get_run(run_id).data.tags['dvc.exp_name'] == 'tiny-exp'
+
+
+def train_through_an_outage(tmp_path: Path, params: Path, env: dict[str, str], cut) -> str:
+    """Run the train stage and call `cut()` (the outage) once its first step is in the queue (and
+    being sent): 11 steps, 2 evaluations, the export and the model to go. The stage must still
+    exit 0 within 180 s; returns its stderr."""
+    started = time.monotonic()
+    launch = subprocess.Popen(stage.train_command(tmp_path, params), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        while not _queued_a_step(tmp_path / 'offline'):
+            assert launch.poll() is None, launch.communicate()[1][-3000:]
+            assert time.monotonic() - started < 300
+            time.sleep(0.01)
+        cut()
+        _, stderr = launch.communicate(timeout=180)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 0, stderr[-3000:]
+    assert time.monotonic() - started < 180
+    return stderr
+
+
+def replay_command(params: Path) -> subprocess.CompletedProcess:
+    """`python -m pipeline.tools.replay_tracking --params <params>`, which must succeed."""
+    replayed = subprocess.run([sys.executable, '-m', 'pipeline.tools.replay_tracking', '--params', str(params)], cwd=ROOT,
+                              env=stage.train_env(), capture_output=True, text=True, timeout=300)
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    return replayed
 
 
 def _queued_a_step(offline: Path) -> bool:
@@ -394,6 +422,125 @@ def test_train_stage_without_server_then_a_rerun_replays(own_server, tmp_path):
     assert_complete_run(client, run.info.run_id, tmp_path)
     (version,) = client.search_model_versions("name = 'nano'")
     assert version.run_id == run.info.run_id
+
+
+# --- a team's server: PostgreSQL, artifacts proxied by the server ----------------------------------
+
+PG_BIN = max(Path('/usr/lib/postgresql').glob('*/bin/initdb'), default=None)  # Debian's `postgresql` package
+
+
+class Postgres:
+    """A PostgreSQL cluster of its own on 127.0.0.1 (Debian's `postgresql`), trust authentication,
+    one database `mlflow`; restartable on the same data and port. As root its commands run as the
+    `postgres` user (initdb refuses root), in a folder that user may enter (pytest's are root's)."""
+
+    def __init__(self):
+        self.bin, self.port = PG_BIN.parent, free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix='sgformer-pg-'))
+        self.as_owner = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 else []
+        if self.as_owner:
+            shutil.chown(self.folder, 'postgres')
+        self.uri = f'postgresql+psycopg://postgres@127.0.0.1:{self.port}/mlflow'  # psycopg: the `server` extra
+        self.running = False
+
+    def create(self) -> 'Postgres':
+        self._run('initdb', '-D', self.folder / 'data', '-U', 'postgres', '--auth=trust', '-E', 'UTF8')
+        self.start()
+        self._run('createdb', '-h', '127.0.0.1', '-p', self.port, '-U', 'postgres', 'mlflow')
+        return self
+
+    def _run(self, command: str, *args) -> None:
+        subprocess.run([*self.as_owner, str(self.bin / command), *map(str, args)], check=True, capture_output=True,
+                       timeout=120)
+
+    def start(self) -> None:
+        if not self.running:
+            self._run('pg_ctl', '-D', self.folder / 'data', '-l', self.folder / 'log', '-w', 'start',
+                      '-o', f'-h 127.0.0.1 -p {self.port} -k {self.folder}')
+            self.running = True
+
+    def stop(self) -> None:
+        self._run('pg_ctl', '-D', self.folder / 'data', '-m', 'fast', '-w', 'stop')
+        self.running = False
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        import psycopg
+        with psycopg.connect(f'host=127.0.0.1 port={self.port} user=postgres dbname=mlflow') as db:
+            return db.execute(sql, args).fetchall()
+
+    def remove(self) -> None:
+        subprocess.run([*self.as_owner, str(self.bin / 'pg_ctl'), '-D', str(self.folder / 'data'), '-m', 'immediate',
+                        'stop'], capture_output=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def team(tmp_path_factory):
+    """PostgreSQL, and `mlflow server` over it serving the artifacts from a folder of its own, as
+    the README's team setup runs them (one start-up of each for the module)."""
+    if PG_BIN is None:
+        if os.environ.get('CI'):
+            pytest.fail('PostgreSQL is missing; `make test` installs it (TEST_APT_PACKAGES)')
+        pytest.skip('PostgreSQL is not installed (apt-get install postgresql, or `make test`)')
+    database, folder = Postgres(), tmp_path_factory.mktemp('team')
+    server = Server(folder, backend_store_uri=database.uri, artifacts_destination=folder / 'artifacts')
+    try:
+        database.create()
+        server.start()
+        yield database, server
+    finally:
+        server.stop()
+        database.remove()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_stage_on_a_postgresql_server_with_proxied_artifacts(team, tmp_path):
+    database, server = team
+    params = stage_params(tmp_path, server.uri)
+    proc = stage.train(tmp_path, params)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert warnings_in(proc.stderr) == [] and not (tmp_path / 'offline').exists()
+    run_id = json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id']
+    # in PostgreSQL itself: the run, its params, its metrics
+    assert database.query('SELECT name, status FROM runs WHERE run_uuid = %s', run_id) == [('nano', 'FINISHED')]
+    params_in_db = dict(database.query('SELECT key, value FROM params WHERE run_uuid = %s', run_id))
+    assert params_in_db['train.batch_size'] == '4' and params_in_db['model'] == 'sgformer_nano'
+    steps = database.query("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'train/loss' ORDER BY step", run_id)
+    assert [step for (step,) in steps] == list(range(1, STEPS + 1))
+    # the files went through the server into its artifacts destination: the export and the logged model
+    client = mlflow.MlflowClient(server.uri)
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri.startswith('mlflow-artifacts:/')
+    stored = server.artifacts_destination / run.info.artifact_uri.removeprefix('mlflow-artifacts:/')
+    exported = tmp_path / 'models' / 'nano' / 'model.safetensors'
+    assert (stored / 'model' / 'model.safetensors').read_bytes() == exported.read_bytes()
+    mlflow.set_tracking_uri(server.uri)
+    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format='list',
+                                           filter_string=f"source_run_id = '{run_id}'")
+    assert (server.artifacts_destination / model.artifact_location.removeprefix('mlflow-artifacts:/') / 'MLmodel'
+            ).is_file()
+    assert_complete_run(client, run_id, tmp_path)  # read back through the server, the model loads
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_stage_survives_the_database_stopped_mid_run(team, tmp_path):
+    database, server = team
+    params = stage_params(tmp_path, server.uri)
+    try:
+        stderr = train_through_an_outage(tmp_path, params, stage.train_env(), database.stop)  # the server answers 503
+    finally:
+        database.start()
+    (warning,) = warnings_in(stderr)
+    assert 'unreachable (too many 503 error responses)' in warning and 'Traceback' not in stderr
+    assert (tmp_path / 'metrics' / 'nano.json').is_file()
+    (session,) = (tmp_path / 'offline').iterdir()
+    run_id = json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id']
+
+    replayed = replay_command(params)
+    assert f'replayed {session.name} into run {run_id}' in replayed.stdout and not (tmp_path / 'offline').exists()
+    assert_complete_run(mlflow.MlflowClient(server.uri), run_id, tmp_path)
 
 
 def test_a_warning_printed_while_a_progress_bar_is_drawn_keeps_its_own_line(capsys):

@@ -10,7 +10,8 @@ dataset inputs.
 
 Files:
     tracker.py         `Tracker`, what the stages log through
-    journal.py         the session folder: the queue on disk that outlives an MLflow outage
+    journal.py         the session folder: the queue on disk that outlives an MLflow outage; where a
+                       relative store and offline folder lie (the DVC repository's)
     sender.py          the thread that sends the queue to MLflow, retrying while it is out of reach
     replay.py          finding a session's run; `replay` / `replay_session`: sessions sent later
     pusher.py          the operations logged into a run through `MlflowClient`; bounded HTTP, warnings

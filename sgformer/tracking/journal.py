@@ -11,6 +11,11 @@ loses nothing. One session, one folder:
 
 A session whose operations all reached MLflow deletes its folder; any other one waits there for
 `replay` (replay.py). Session names start with the UTC time, so sorting them sorts by age.
+
+Relative places are the DVC repository's (`repository_root`), wherever the stage runs: the offline
+folder, a sqlite store (`store_uri`) and the artifacts of its new experiments
+(`store_artifact_location`), so that a queued experiment, which runs in a temporary copy that DVC
+deletes, logs into the repository's own store.
 """
 import fcntl
 import json
@@ -26,9 +31,11 @@ from typing import Any
 from ..config import Tracking
 from ..io import write_json_atomic
 
-__all__ = ['OFFLINE_PREFIX', 'Session', 'offline_root', 'session_header', 'sessions', 'now_ms']
+__all__ = ['OFFLINE_PREFIX', 'Session', 'offline_root', 'repository_root', 'session_header', 'sessions', 'now_ms',
+           'store_artifact_location', 'store_uri']
 
 OFFLINE_PREFIX = 'offline-'  # the run id of a session that never reached MLflow: offline-<session>
+SQLITE = 'sqlite:///'  # a local store: sqlite:///relative/path.db or sqlite:////absolute/path.db
 
 
 def now_ms() -> int:
@@ -36,21 +43,47 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def repository_root() -> Path:
+    """The DVC repository a stage belongs to: DVC_ROOT, which DVC gives every stage. A queued or
+    `--temp` experiment runs in a temporary copy (`.dvc/tmp/exps/...`) that DVC deletes afterwards;
+    there DVC_ROOT names the repository it was queued in. Outside DVC: the working directory."""
+    return Path(os.environ.get('DVC_ROOT') or '.').resolve()
+
+
 def offline_root(tracking: Tracking) -> Path:
-    """`tracking.offline_dir`; a relative one lies in the DVC repository root (DVC_ROOT, also for
-    `dvc exp run --temp`, whose workspace is deleted), else in the working directory."""
+    """`tracking.offline_dir`; a relative one lies in the repository root (`repository_root`)."""
     folder = Path(tracking.offline_dir)
-    return folder if folder.is_absolute() else Path(os.environ.get('DVC_ROOT') or '.').resolve() / folder
+    return folder if folder.is_absolute() else repository_root() / folder
+
+
+def store_uri(tracking_uri: str) -> str:
+    """`tracking_uri` with a relative sqlite path made absolute in the repository root: the default
+    `sqlite:///mlflow.db` is the repository's own store, also for a queued experiment (MLflow would
+    take it relative to the working directory, the temporary copy)."""
+    if tracking_uri.startswith(SQLITE) and not tracking_uri.startswith(SQLITE + '/'):
+        return f'{SQLITE}{repository_root() / tracking_uri.removeprefix(SQLITE)}'
+    return tracking_uri
+
+
+def store_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a local sqlite store keeps its artifacts: `mlruns/<experiment>`
+    beside the database, wherever the stage runs (MLflow's default, `./mlruns` of the working
+    directory, would go with a queued experiment's temporary copy). None for any other store: the
+    store's (or the server's) own default."""
+    if not tracking_uri.startswith(SQLITE + '/'):
+        return None
+    database = Path(tracking_uri.removeprefix(SQLITE).split('?')[0])
+    return str(database.parent / 'mlruns' / re.sub(r'[^A-Za-z0-9_.-]', '_', experiment))
 
 
 def session_header(tracking: Tracking, run_name: str, run_id: str | None) -> dict[str, Any]:
-    """The first line of a session's queue: where it logs, and the source tags MLflow's fluent
-    `start_run` would set (entry point, git commit, user), taken now, not at replay."""
+    """The first line of a session's queue: where it logs (`store_uri`), and the source tags MLflow's
+    fluent `start_run` would set (entry point, git commit, user), taken now, not at replay."""
     from mlflow.tracking.context.registry import resolve_tags
     created = now_ms()
     stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime(created // 1000)) + f'.{created % 1000:03d}Z'
     session = f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '_', run_name)}-{uuid.uuid4().hex[:8]}"
-    return dict(op='session', session=session, created=created, tracking_uri=tracking.tracking_uri,
+    return dict(op='session', session=session, created=created, tracking_uri=store_uri(tracking.tracking_uri),
                 experiment=tracking.experiment, run_name=run_name, run_id=run_id, tags=resolve_tags({}))
 
 

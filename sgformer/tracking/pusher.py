@@ -4,9 +4,10 @@ the bounds and one-line reports of MLflow's trouble.
 MLflow does here what it already does well: `MlflowClient.log_batch` splits params, tags and
 metrics into batches the server accepts (100 params or tags, 1000 entities a request), so the
 pusher hands it each stretch of them whole; the source tags come from MLflow's own context
-registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py). Ours: finding the
-skipping what a retried or replayed session already logged (finding the run a session belongs to
-is replay.py's: resolving an offline run may replay the session that created it).
+registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py). Ours: skipping
+what a retried or replayed session already logged, and a new experiment's artifact location in a
+local store (journal.py's `store_artifact_location`; finding the run a session belongs to is
+replay.py's: resolving an offline run may replay the session that created it).
 """
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .journal import store_artifact_location
 from .logged_model import find_logged_model, log_export, register_model
 
 __all__ = ['Pusher', 'bound_http', 'error_reason', 'print_warning']
@@ -33,10 +35,11 @@ def bound_http(timeout_s: int) -> None:
 
 
 def error_reason(error: BaseException, limit: int = 160) -> str:
-    """The cause of an MLflow error in a few words: its OS error when there is one (MLflow wraps
-    "Connection refused" in three layers of messages), else its first line, cut."""
+    """The cause of an MLflow error in a few words: its OS error or the server's status when there
+    is one (MLflow wraps "Connection refused", or a server's "too many 503 error responses" while its
+    database is down, in three layers of messages), else its first line, cut."""
     text = f'{type(error).__name__}: {error}'
-    cause = re.search(r'\[Errno -?\d+\][^\'")\n]*', text)
+    cause = re.search(r'\[Errno -?\d+\][^\'")\n]*|too many \d+ error responses', text)
     text = cause.group(0).strip() if cause else text.strip().splitlines()[0]
     return text if len(text) <= limit else text[:limit] + '...'
 
@@ -64,7 +67,7 @@ class Pusher:
         import mlflow
         self.uri, self.header, self.root = tracking_uri, header, root
         self.client = client or mlflow.MlflowClient(tracking_uri)
-        self.experiment_id = _experiment_id(self.client, header['experiment'])
+        self.experiment_id = _experiment_id(self.client, header['experiment'], tracking_uri)
         self.run_id: str | None = None  # set by replay.resolve_run
 
     def push(self, ops: list[dict], *, dedup: bool = False) -> None:
@@ -125,12 +128,12 @@ def _entities(op: dict, logged: set) -> list:
             if (k, op['step'], op['ts']) not in logged]
 
 
-def _experiment_id(client, name: str) -> str:
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
     from mlflow.exceptions import MlflowException
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=store_artifact_location(tracking_uri, name))
     except MlflowException:  # created meanwhile by another stage
         return client.get_experiment_by_name(name).experiment_id

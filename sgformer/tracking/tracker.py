@@ -117,7 +117,7 @@ class Tracker:
             self._session.remove()
         else:
             self._session.close()
-            self._sender.warn(f'MLflow at {self._tracking.tracking_uri} did not take the run in time')
+            self._sender.warn(f'MLflow at {self._sender.uri} did not take the run in time')
 
     def _at_exit(self) -> None:
         """A stage that dies of an exception ends its run as FAILED (kill -9: replay marks it KILLED)."""

@@ -4,17 +4,23 @@ throwaway copy of the repository with a shrunken params.yaml (the "tiny override
 - every stage's outputs, DVC metrics (one headline file per variant, the same keys in each), the
   charts that open `dvc plots show` and the MLflow store after the first `dvc repro`;
 - a second repro does nothing, and an edit to a module a stage imports marks that stage changed;
+- a team's data: `dvc push` to a folder remote, then a fresh `git clone` that `dvc pull`s is up
+  to date (no stage to rerun) and holds the betons and the exports;
 - every shell block of the README that is not marked `readme-test: skip`, extracted from the
   README itself and run verbatim in one bash session (activation included), against a generated
   ImageNet-layout folder for `/datasets/imagenet`, with COLUMNS=160: three DVC experiments whose
   comparison (`dvc exp show ...`, `dvc metrics show`, `dvc metrics diff`) prints every value in 160
-  columns, `dvc plots diff`, the switch to the ImageNet profile, the significance command.
+  columns, `dvc plots diff`, the ImageNet profile's check, the significance
+  command, fine-tuning, transfer, and a sweep of queued experiments run by `dvc queue start`
+  (each one MLflow run per variant in the repository's store, tagged with its experiment).
 """
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -23,7 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import commit, copy_repo, shrink
+from conftest import commit, copy_repo, project_venv, shrink
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADLINE = ['top1', 'top5', 'img_s', 'params_m', 'gmacs', 'gpu_hours']  # sgformer.eval.evaluation.HEADLINE
@@ -167,6 +173,99 @@ def test_nothing_reruns_and_code_edits_mark_their_stages(demo):
     assert changed_stages(repo) == set()
 
 
+def test_a_queued_experiment_s_stages_run_with_the_repository_s_venv(tmp_path):
+    """A queued experiment runs in a temporary copy of the repository without its .venv (git does
+    not hold it), from a shell that may have activated none: `pipeline/python` takes DVC_ROOT's."""
+    copy, repo = tmp_path / 'repo' / '.dvc' / 'tmp' / 'exps' / 'tmpabc', tmp_path / 'repo'
+    (copy / 'pipeline').mkdir(parents=True)
+    shutil.copy2(ROOT / 'pipeline' / 'python', copy / 'pipeline' / 'python')
+    (repo / '.venv').symlink_to(project_venv())
+    env = {k: v for k, v in os.environ.items() if k != 'VIRTUAL_ENV'} | {'DVC_ROOT': str(repo)}
+    prefix = subprocess.run([str(copy / 'pipeline' / 'python'), '-c', 'import sys; print(sys.prefix)'], env=env,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(prefix).resolve() == project_venv().resolve()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_push_then_a_fresh_clone_pulls_the_betons_and_exports_and_nothing_reruns(demo, tmp_path):
+    repo, params, _ = demo
+    remote, clone = tmp_path / 'remote', tmp_path / 'clone'
+    dvc(repo, 'remote', 'add', '-d', 'team', str(remote))  # the README's team remote, a local folder here
+    commit(repo, 'team remote')
+    dvc(repo, 'push')
+    subprocess.run(['git', 'clone', '-q', str(repo), str(clone)], check=True)
+    dvc(clone, 'pull')
+    assert changed_stages(clone) == set()  # up to date: no stage to rerun, nothing retrained
+    assert 'Data and pipelines are up to date' in dvc(clone, 'status')
+    for path in ('data/betons/train.beton', 'data/betons/val.beton', 'data/betons/class_index.json',
+                 *(f'models/{v}/{name}' for v in params['variants'] for name in ('model.safetensors', 'card.json'))):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    # what a clone does not get: the checkpoints (resume state) and the local MLflow store
+    assert not (clone / 'checkpoints').exists() and not (clone / 'mlflow.db').exists()
+    import timm
+    import torch
+    import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        pulled, original = (timm.create_model(f'local-dir:{r}/models/nano', pretrained=True).eval()(x)
+                            for r in (clone, repo))
+    torch.testing.assert_close(pulled, original)
+
+
+TOY_PIPELINE = """
+stages:
+  gpus:
+    cmd: sh gpus.sh
+    params: [lr]
+    metrics:
+      - gpus.json:
+          cache: false
+"""
+
+
+def queue_status(repo: Path, env: dict[str, str]) -> str:
+    return subprocess.run(['dvc', 'queue', 'status'], cwd=repo, env=env, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_queue_worker_hands_its_environment_to_its_experiments(tmp_path):
+    """How the README gives each queued experiment its own GPUs: a worker that `dvc queue start`
+    starts runs its experiments with the environment it was started in (on a toy pipeline that
+    records CUDA_VISIBLE_DEVICES; each experiment lasts long enough for the second worker to start)."""
+    repo = tmp_path / 'toy'
+    repo.mkdir()
+    subprocess.run(['git', 'init', '-q'], cwd=repo, check=True)
+    dvc(repo, 'init', '-q')
+    (repo / 'params.yaml').write_text('lr: 0.1\n')
+    (repo / 'gpus.sh').write_text('sleep 20; printf \'{"gpus": "%s"}\' "$CUDA_VISIBLE_DEVICES" > gpus.json\n')
+    (repo / 'dvc.yaml').write_text(TOY_PIPELINE)
+    commit(repo, 'toy')
+    dvc(repo, 'exp', 'run', '--queue', '-S', 'lr=1,2')
+    shell = dict(env(), PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')  # workers run `dvc`
+    try:
+        subprocess.run(['dvc', 'queue', 'start', '-j', '1'], cwd=repo, env=dict(shell, CUDA_VISIBLE_DEVICES='0,1'),
+                       check=True, capture_output=True)
+        deadline = time.monotonic() + 300
+        while 'Worker status: 1 active' not in queue_status(repo, shell):  # worker 1 took the first experiment
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        subprocess.run(['dvc', 'queue', 'start', '-j', '2'], cwd=repo, env=dict(shell, CUDA_VISIBLE_DEVICES='2,3'),
+                       check=True, capture_output=True)
+        while re.search(r'Queued|Running', status := queue_status(repo, shell)):
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        subprocess.run(['dvc', 'queue', 'stop'], cwd=repo, env=shell, capture_output=True)
+    assert status.count('Success') == 2, status
+    shown = json.loads(dvc(repo, 'exp', 'show', '--json'))
+    gpus = [rev['data']['metrics']['gpus.json']['data']['gpus'] for baseline in shown
+            for exp in baseline.get('experiments') or [] for rev in exp['revs']]
+    assert sorted(gpus) == ['0,1', '2,3']
+
+
 def readme_blocks() -> tuple[list[str], list[str]]:
     """The README's bash blocks: (run by this test, skipped with a reason)."""
     run, skipped = [], []
@@ -182,7 +281,7 @@ def test_readme_blocks_are_found_and_every_skip_says_why():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(3600)
 def test_readme_commands_run_verbatim(demo, tmp_path):
     repo, params, _ = demo
     imagenet = imagenet_like(tmp_path / 'imagenet')
@@ -191,18 +290,19 @@ def test_readme_commands_run_verbatim(demo, tmp_path):
     for i, code in enumerate(blocks):
         script += [f'echo "::block {i}::"', code.replace('/datasets/imagenet', str(imagenet))]
     proc = subprocess.run(['bash', '-c', '\n'.join(script)], cwd=repo, capture_output=True, text=True,
-                          env=dict(env(COLUMNS=str(WIDTH)), PATH=os.environ['PATH']), timeout=2300)
+                          env=dict(env(COLUMNS=str(WIDTH)), PATH=os.environ['PATH']), timeout=3500)
     outputs = dict(zip(blocks, re.split(r'::block \d+::\n', proc.stdout + proc.stderr)[1:]))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
     experiments = next(out for code, out in outputs.items() if "++variants.nano.lr" in code)
     assert stages_run(experiments) >= {'train@nano', 'evaluate@nano', 'train@nano_dp', 'compare'}
     # every training run is an MLflow run: the demo's two, both variants for train.lr, only nano for its own
-    # lrs, the fine-tuning at 96 px and the transfer (the ImageNet check logs into an experiment of its own)
+    # lrs, the fine-tuning at 96 px, the transfer and both variants for each of the sweep's two
+    # experiments (the ImageNet check logs into an experiment of its own)
     client = mlflow.MlflowClient(tracking_uri=f'sqlite:///{repo}/mlflow.db')
     experiment = client.get_experiment_by_name(params['tracking']['experiment'])
-    names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
-    assert names == ['nano'] * 6 + ['nano_dp'] * 2
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ['nano'] * 8 + ['nano_dp'] * 4
     shown = json.loads(dvc(repo, 'exp', 'show', '--json'))
     assert 'recipes' not in json.dumps(shown)
     check_the_comparison(repo, shown, next(out for code, out in outputs.items() if 'dvc exp show' in code))
@@ -210,6 +310,20 @@ def test_readme_commands_run_verbatim(demo, tmp_path):
     assert any(values.get('old') is not None and values.get('new') is not None
                for file in diff.values() for values in file.values())
     assert (repo / 'dvc_plots' / 'index.html').exists()
+
+    sweep = next(out for code, out in outputs.items() if 'dvc queue start' in code)
+    queued = dict(re.findall(r"with overrides .*?'train\.lr=([\d.e-]+)'.*?\nQueued experiment '([^']+)'", sweep))
+    assert sorted(map(float, queued)) == [0.0005, 0.001]
+    for lr, name in queued.items():  # one run per variant per experiment, in the repository's store
+        tagged = [r for r in runs if r.data.tags.get('dvc.exp_name') == name]
+        assert sorted(r.info.run_name for r in tagged) == ['nano', 'nano_dp'], name
+        for run in tagged:
+            assert run.info.status == 'FINISHED' and float(run.data.params['train.lr']) == float(lr)
+            assert {'val/ema_top1', 'eval/top1'} <= set(run.data.metrics)  # train and evaluate, one run
+        (result,) = [rev['data'] for baseline in shown for exp in baseline.get('experiments') or []
+                     for rev in exp['revs'] if rev['name'] == name]
+        assert {'top1', 'img_s'} <= set(result['metrics']['metrics/nano_dp.json']['data'])
+    assert not (repo / '.mlflow-offline').exists()  # everything reached the store
     assert (repo / 'plots' / 'mine' / 'significance_stage0.png').exists()
 
     card = json.loads((repo / 'models' / 's' / 'card.json').read_text())  # the ImageNet profile's check
