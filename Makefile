@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
+# Only the tests need these (`make demo` does not): a headless browser for tests/test_mlflow_ui.py.
+TEST_APT_PACKAGES := chromium
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -20,6 +22,16 @@ install: $(STAMP)
 	fi
 	@touch $@
 
+# The test-only system packages, installed when one is missing.
+.apt-test.ok: Makefile
+	@missing=$$(for p in $(TEST_APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing" $$missing "(for the tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
 $(STAMP): pyproject.toml .apt.ok
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the Python stack into $(VENV) (log: $(VENV)/pip.log)"
@@ -30,10 +42,10 @@ $(STAMP): pyproject.toml .apt.ok
 demo: install
 	$(VENV)/bin/dvc repro
 
-test: install
+test: install .apt-test.ok
 	$(PY) -m pytest
 
-test-fast: install
+test-fast: install .apt-test.ok
 	$(PY) -m pytest -m "not slow"
 
 bench: install
@@ -41,4 +53,4 @@ bench: install
 	$(PY) benchmarks/bench_loader.py
 
 clean:
-	rm -rf $(VENV) .apt.ok
+	rm -rf $(VENV) .apt.ok .apt-test.ok

@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     from sgformer.train.checkpoint import CheckpointFolderError
     from sgformer.train.trainer import NonFiniteLossError
     from sgformer.weights import InitError
+    from sgformer.tracking import run_description
     from sgformer.train.run import RunPaths, train_variant
     paths = RunPaths(report=Path(args.report), model_dir=Path(args.models) / args.variant,
                      checkpoint_dir=Path(args.checkpoints) / args.variant,
@@ -56,7 +57,8 @@ def main(argv=None) -> None:
     with exit_on_user_errors(ConfigError, DataError, ExportError, NonFiniteLossError, CheckpointFolderError, InitError):
         train_variant(args.variant, variant, data=params.data, loader=params.loader, runtime=params.runtime,
                       checkpoint=params.checkpoint, tracking=params.tracking, val_crop_pct=params.eval.crop_pct,
-                      paths=paths, run_settings=params.run_settings(args.variant))
+                      paths=paths, run_settings=params.run_settings(args.variant),
+                      description=run_description(variant, params.differences(args.variant)))
 
 
 if __name__ == '__main__':
