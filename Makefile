@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 # Only the tests need these (`make demo` does not): a one-node Slurm cluster for tests/launch/,
-# PostgreSQL under a team's MLflow server (tests/test_tracking_server.py).
-TEST_APT_PACKAGES := slurm-wlm munge postgresql
+# PostgreSQL under a team's MLflow server (tests/test_tracking_server.py), a headless browser for
+# tests/test_mlflow_ui.py.
+TEST_APT_PACKAGES := slurm-wlm munge postgresql chromium
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 

@@ -46,6 +46,7 @@ def main(argv=None) -> None:
     from sgformer.train.distributed import PeerLostError
     from sgformer.train.trainer import NonFiniteLossError
     from sgformer.weights import InitError
+    from sgformer.tracking import run_description
     from sgformer.train.run import RunPaths, train_variant
     paths = RunPaths(report=Path(args.report), model_dir=Path(args.models) / args.variant,
                      checkpoint_dir=Path(args.checkpoints) / args.variant,
@@ -54,7 +55,8 @@ def main(argv=None) -> None:
                              PeerLostError):
         train_variant(args.variant, variant, data=params.data, loader=params.loader, runtime=params.runtime,
                       checkpoint=params.checkpoint, tracking=params.tracking, val_crop_pct=params.eval.crop_pct,
-                      paths=paths, run_settings=params.run_settings(args.variant))
+                      paths=paths, run_settings=params.run_settings(args.variant),
+                      description=run_description(variant, params.differences(args.variant)))
 
 
 if __name__ == '__main__':

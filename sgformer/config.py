@@ -372,6 +372,13 @@ class Params(_Section):
                     eval=dict(crop_pct=self.eval.crop_pct),  # the per-epoch validation's crop
                     **self.model_dump(include={'data', 'loader', 'runtime', 'checkpoint'}))
 
+    def differences(self, name: str) -> dict[str, Any]:
+        """What variant `name` sets otherwise than the shared sections, as `{key: its value}`:
+        `train` keys by name (`drop_path_rate`), `augment` keys dotted (`augment.auto_augment`)."""
+        own, train, augment = self.variants[name].model_dump(), self.train.model_dump(), self.augment.model_dump()
+        return {**{k: own[k] for k in INHERITED if own[k] != train[k]},
+                **{f'augment.{k}': v for k, v in own['augment'].items() if v != augment[k]}}
+
 
 def _inherit(key: str, variant, train: Train, augment: Augment):
     try:

@@ -10,9 +10,9 @@ import mlflow
 import pytest
 
 from pipeline.tools.replay_tracking import main as replay_command
-from sgformer.config import Tracking
-from sgformer.tracking import (OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, epoch_metric_name, flatten, git_dirty,
-                               offline_root, replay)
+from sgformer.config import Tracking, load_params
+from sgformer.tracking import (EXPERIMENT_KIND, NOTE_TAG, OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags,
+                               epoch_metric_name, flatten, git_dirty, offline_root, replay, run_description)
 
 
 @pytest.fixture
@@ -107,15 +107,20 @@ def test_a_queued_experiment_logs_into_the_repository_s_store(tmp_path, monkeypa
     assert (repo / 'mlruns' / 'sweep' / run.info.run_id / 'artifacts' / 'model' / 'card.json').is_file()
 
 
+def unreachable(tmp_path: Path) -> Tracking:
+    """Tracking settings of a URI nothing listens at, queueing under `tmp_path/offline`."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    return Tracking(tracking_uri=f'http://127.0.0.1:{port}', experiment='exp', system_metrics=False,
+                    offline_dir=str(tmp_path / 'offline'), timeout_s=2)
+
+
 def test_no_server_queues_on_disk_and_replays_once(tmp_path, monkeypatch, capfd):
     """Nothing listens at the tracking URI: the run goes on with one warning line, its tracking
     waits in the queue, and replaying the queue (twice) logs it once, into one run."""
     monkeypatch.chdir(tmp_path)
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    tracking = Tracking(tracking_uri=f'http://127.0.0.1:{port}', experiment='exp', system_metrics=False,
-                        offline_dir=str(tmp_path / 'offline'), timeout_s=2)
+    tracking = unreachable(tmp_path)
     started = time.monotonic()
     tracker = Tracker(tracking, run_name='nano')
     tracker.log_params({'train': {'lr': 0.001}})
@@ -159,3 +164,62 @@ def test_no_server_queues_on_disk_and_replays_once(tmp_path, monkeypatch, capfd)
 def test_the_run_s_side_and_cost_are_train_metrics():
     assert [epoch_metric_name(k) for k in ('img_size', 'gpu_hours', 'mfu', 'data_wait', 'peak_mem_gib')] == \
         ['train/img_size', 'train/gpu_hours', 'train/mfu', 'train/data_wait', 'train/peak_mem_gib']
+
+
+def test_a_run_s_description_says_what_its_variant_changes(tmp_path):
+    (tmp_path / 'params.yaml').write_text("""
+train: {epochs: 8, img_size: 64}
+variants:
+  nano: {model: sgformer_nano}
+  nano_dp: {model: sgformer_nano, drop_path_rate: 0.1, epochs: 8, augment: {auto_augment: rand-m5-mstd0.5, hflip: 0.5}}
+""")
+    params = load_params(tmp_path / 'params.yaml')
+    assert params.differences('nano') == {}
+    assert params.differences('nano_dp') == {'drop_path_rate': 0.1, 'augment.auto_augment': 'rand-m5-mstd0.5'}
+    assert [run_description(params.variants[v], params.differences(v)) for v in params.variants] == [
+        'sgformer_nano at 64 px, 8 epochs; differs from train: nothing',
+        'sgformer_nano at 64 px, 8 epochs; differs from train: drop_path_rate 0.1, '
+        'augment.auto_augment rand-m5-mstd0.5']
+
+
+def test_experiments_are_model_training_ones_and_a_chosen_kind_stays(store):
+    tag, kind = EXPERIMENT_KIND
+    client = mlflow.MlflowClient(tracking_uri=store)
+    client.create_experiment('older')  # made before the tag
+    client.create_experiment('chosen', tags={tag: 'genai_development'})
+    for name in ('new', 'older', 'chosen', 'older'):
+        tracker = Tracker(Tracking(tracking_uri=store, experiment=name, system_metrics=False), run_name='r')
+        tracker.describe('sgformer_nano at 64 px')
+        tracker.end()
+    assert {name: client.get_experiment_by_name(name).tags.get(tag) for name in ('new', 'older', 'chosen')} == \
+        {'new': kind, 'older': kind, 'chosen': 'genai_development'}
+    assert client.get_run(tracker.run_id).data.tags[NOTE_TAG] == 'sgformer_nano at 64 px'
+
+
+def test_linked_metrics_reach_the_run_s_model_once_even_replayed(store, tmp_path):
+    """Metrics logged with `model=` go into the run and into its logged model of that name (looked
+    up when they are sent: here by a replay), with their dataset; replaying again adds nothing."""
+    from mlflow.entities import LoggedModelStatus
+    train = Tracker(Tracking(tracking_uri=store, experiment='exp', system_metrics=False), run_name='nano')
+    train.end()
+    client = mlflow.MlflowClient(tracking_uri=store)
+    experiment_id = client.get_experiment_by_name('exp').experiment_id
+    model = client.create_logged_model(experiment_id, name='nano', source_run_id=train.run_id)
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+
+    evaluate = Tracker(unreachable(tmp_path), run_name='nano', run_id=train.run_id)  # the evaluate stage, offline
+    val = dict(name='imagenet-val', digest='0123456789abcdef', source='/data', profile={})
+    evaluate.log_metrics({'eval/top1': 0.75, 'eval/img_s': 120.0}, step=0, model='nano', dataset=val)
+    evaluate.log_metrics({'eval/other': 1.0}, step=0, model='nano_dp')  # the run has no such model: the run's alone
+    evaluate.end()
+    (session,) = (tmp_path / 'offline').iterdir()
+    shutil.copytree(session, tmp_path / 'copy')
+    assert replay(tmp_path / 'offline', tracking_uri=store) == ([(session.name, train.run_id)], [])
+    shutil.copytree(tmp_path / 'copy', session)
+    assert replay(tmp_path / 'offline', tracking_uri=store) == ([(session.name, train.run_id)], [])
+
+    linked = client.get_logged_model(model.model_id).metrics
+    assert sorted((m.key, m.value, m.step, m.dataset_name, m.dataset_digest, m.run_id) for m in linked) == [
+        ('eval/img_s', 120.0, 0, 'imagenet-val', '0123456789abcdef', train.run_id),
+        ('eval/top1', 0.75, 0, 'imagenet-val', '0123456789abcdef', train.run_id)]
+    assert [len(client.get_metric_history(train.run_id, k)) for k in ('eval/top1', 'eval/other')] == [1, 1]

@@ -34,7 +34,7 @@ import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm
 from sgformer.config import Data, Sample, Tracking, load_params
 from sgformer.datasets.sample import write_sample
 from sgformer.export import save_export
-from sgformer.tracking import OFFLINE_PREFIX, SESSION_TAG, Tracker, dvc_tags, print_warning, replay
+from sgformer.tracking import OFFLINE_PREFIX, SESSION_TAG, Tracker, beton_dataset, dvc_tags, print_warning, replay
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = str(Path(sys.executable).parent / 'mlflow')
@@ -266,12 +266,13 @@ def test_server_killed_mid_run_then_replay_is_idempotent(own_server, export, tmp
 
 
 @pytest.mark.timeout(300)
-def test_unreachable_from_start_then_the_next_stage_replays(own_server, tmp_path, capfd):
+def test_unreachable_from_start_then_the_next_stage_replays(own_server, export, betons, tmp_path, capfd):
     tracking = Tracking(tracking_uri=own_server.uri, experiment='no-server', system_metrics=False,
                         offline_dir=str(tmp_path / 'offline'))
     started = time.monotonic()
     train = Tracker(tracking, run_name='nano')  # nothing listens on the port
     log_fake_training(train, range(1, 5), range(2))
+    train.log_model(export, step=1)
     train.end()
     assert time.monotonic() - started < 20
     assert train.run_id.startswith(OFFLINE_PREFIX) and train.offline
@@ -284,7 +285,7 @@ def test_unreachable_from_start_then_the_next_stage_replays(own_server, tmp_path
 
     own_server.start()
     evaluate = Tracker(tracking, run_name='nano', run_id=train.run_id)  # as the evaluate stage, from card.json
-    evaluate.log_metrics({'eval/top1': 0.5}, step=0)
+    evaluate.log_metrics({'eval/top1': 0.5}, step=0, model='nano', dataset=beton_dataset(betons, 'val'))
     evaluate.end()
     assert not (tmp_path / 'offline').exists()
     client = mlflow.MlflowClient(own_server.uri)
@@ -294,6 +295,11 @@ def test_unreachable_from_start_then_the_next_stage_replays(own_server, tmp_path
     assert run.info.start_time == header['created']
     assert [m.step for m in client.get_metric_history(run.info.run_id, 'train/loss')] == [1, 2, 3, 4]
     assert run.data.metrics['eval/top1'] == 0.5
+    (model,) = client.search_logged_models([run.info.experiment_id])  # logged by the replay, before the eval metrics
+    linked = {m.key: m for m in model.metrics}
+    assert linked['val/ema_top1'].step == 1 and linked['eval/top1'].value == 0.5
+    val = beton_dataset(betons, 'val')
+    assert (linked['eval/top1'].dataset_name, linked['eval/top1'].dataset_digest) == (val['name'], val['digest'])
     assert warnings_in(capfd.readouterr().err) == []
 
 

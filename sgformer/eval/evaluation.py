@@ -20,7 +20,7 @@ from ..datasets.beton import skipped_images
 from ..export import check_classes, load_export
 from ..io import write_json_atomic, write_text_atomic
 from ..runtime import apply_compile, compile_enabled, resolve_device, resolve_precision
-from ..tracking import Tracker
+from ..tracking import Tracker, beton_dataset
 from ..flops import model_size
 from .metrics import classification_metrics, measure_speed, predict
 from .pictures import confusion_png, significance_grids
@@ -122,7 +122,8 @@ def evaluate_export(name: str, *, paths: EvalPaths, eval_cfg: Eval, data: Data, 
         pictures += significance_grids(model, kept, normalize(kept), paths.plots_dir / 'images')
     write_json_atomic(paths.details, results)
     write_json_atomic(paths.metrics, headline(results))
-    _track(name, card, results, scores['per_class_top1'], names, pictures, tracking)
+    log_evaluation(name, card, results, per_class=dict(zip(names, scores['per_class_top1'])), pictures=pictures,
+                   tracking=tracking, data=data)
     return results
 
 
@@ -146,15 +147,27 @@ def _write_plots(plots_dir: Path, names: list[str], labels, predicted, scores) -
     return [picture]
 
 
-def _track(name: str, card: dict, results: dict, per_class: list[float], names: list[str], pictures: list[Path],
-           tracking: Tracking) -> None:
-    """Log into the run that trained the export (a new run for exports without one)."""
-    tracker = Tracker(tracking, run_name=name, run_id=card.get('mlflow_run_id'))
-    if not card.get('mlflow_run_id'):
+def log_evaluation(name: str, card: dict, results: dict, *, per_class: dict[str, float], pictures: list[Path],
+                   tracking: Tracking, data: Data) -> None:
+    """Log the results into the run that trained the export (a new run for exports without one),
+    the `eval/...` metrics also into that run's logged model (the variant the card names),
+    measured on the val beton.
+
+    Args:
+        name: the evaluated variant (the run's name when the export has no run).
+        card: the export's card.json (`mlflow_run_id`, `variant`, `model`).
+        results: the numbers written to the DVC metrics file; the numeric ones become `eval/<key>`.
+        per_class: class name -> top-1, logged as `eval/per_class_top1.json`.
+        pictures: files logged under `eval/`.
+    """
+    run_id = card.get('mlflow_run_id')
+    tracker = Tracker(tracking, run_name=name, run_id=run_id)
+    if not run_id:
         tracker.set_tags(dict(variant=name, stage='evaluate', model=card['model']))
     tracker.set_tags({'eval.speed_device': results['speed_device'], 'eval.speed_dtype': results['speed_dtype']})
-    tracker.log_metrics({f'eval/{k}': v for k, v in results.items() if isinstance(v, (int, float))}, step=0)
-    tracker.log_dict({n: acc for n, acc in zip(names, per_class)}, 'eval/per_class_top1.json')
+    tracker.log_metrics({f'eval/{k}': v for k, v in results.items() if isinstance(v, (int, float))}, step=0,
+                        model=card.get('variant') if run_id else None, dataset=beton_dataset(data, 'val'))
+    tracker.log_dict(per_class, 'eval/per_class_top1.json')
     for picture in pictures:
         tracker.log_artifact(picture, 'eval')
     tracker.end()

@@ -5,8 +5,9 @@ cheap); only rank 0 tracks (on other ranks `Tracker` does nothing).
 Metric names: `train/...` per optimizer step (x: the step), `train/epoch_...` and `val/...` per
 epoch (x: the epoch), `eval/...` from the evaluate stage, `system/...` (CPU, memory, disk,
 network, GPU through nvidia-ml-py) every 10 s at the current training step. The run also holds
-the export as an MLflow model (PyTorch flavour, `models:/<model id>`) and the betons as its
-dataset inputs.
+the export as an MLflow model (PyTorch flavour, `models:/<model id>`) carrying the last epoch's
+metrics and the `eval/...` ones (measured on the val beton), the betons as its dataset inputs and
+a one-line description; the experiment is marked as model training (`mlflow.experimentKind`).
 
 Files:
     tracker.py         `Tracker`, what the stages log through
@@ -17,14 +18,15 @@ Files:
     pusher.py          the operations logged into a run through `MlflowClient`; bounded HTTP, warnings
     logged_model.py    an export as an MLflow LoggedModel, and its registration
     system_metrics.py  the `system/...` sampler (MLflow's monitors), logging through the queue
-    context.py         params as dotted keys, metric names, git / DVC tags, the betons as datasets
+    context.py         params as dotted keys, metric names, git / DVC tags, descriptions, the betons as datasets
 """
-from .context import DVC_ENV_TAGS, beton_dataset, dvc_tags, epoch_metric_name, flatten, git_dirty
+from .context import (DVC_ENV_TAGS, NOTE_TAG, beton_dataset, dvc_tags, epoch_metric_name, flatten, git_dirty,
+                      run_description)
 from .journal import OFFLINE_PREFIX, offline_root
-from .pusher import bound_http, error_reason, print_warning
+from .pusher import EXPERIMENT_KIND, bound_http, error_reason, print_warning
 from .replay import SESSION_TAG, replay, replay_session
 from .tracker import Tracker
 
-__all__ = ['DVC_ENV_TAGS', 'OFFLINE_PREFIX', 'SESSION_TAG', 'Tracker', 'beton_dataset', 'bound_http', 'dvc_tags',
-           'epoch_metric_name', 'error_reason', 'flatten', 'git_dirty', 'offline_root', 'print_warning', 'replay',
-           'replay_session']
+__all__ = ['DVC_ENV_TAGS', 'EXPERIMENT_KIND', 'NOTE_TAG', 'OFFLINE_PREFIX', 'SESSION_TAG', 'Tracker', 'beton_dataset',
+           'bound_http', 'dvc_tags', 'epoch_metric_name', 'error_reason', 'flatten', 'git_dirty', 'offline_root',
+           'print_warning', 'replay', 'replay_session', 'run_description']

@@ -1,5 +1,6 @@
 """What a run records besides training's numbers, as plain values: params as dotted keys, the
-names of per-epoch metrics, the git and DVC context as tags, the betons as dataset descriptions.
+names of per-epoch metrics, the git and DVC context as tags, the run's description, the betons as
+dataset descriptions.
 """
 import hashlib
 import json
@@ -8,12 +9,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..config import Data
+from ..config import Data, Variant
 
-__all__ = ['DVC_ENV_TAGS', 'beton_dataset', 'dvc_tags', 'epoch_metric_name', 'flatten', 'git_dirty']
+__all__ = ['DVC_ENV_TAGS', 'NOTE_TAG', 'beton_dataset', 'dvc_tags', 'epoch_metric_name', 'flatten', 'git_dirty',
+           'run_description']
 
 DVC_ENV_TAGS = {'DVC_EXP_NAME': 'dvc.exp_name', 'DVC_EXP_BASELINE_REV': 'dvc.exp_baseline_rev',
                 'DVC_STAGE': 'dvc.stage'}
+NOTE_TAG = 'mlflow.note.content'  # a run's description in MLflow (the run page's Description)
 
 
 def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -41,6 +44,18 @@ def epoch_metric_name(key: str) -> str:
     if key in RUN_KEYS:
         return f'train/{key}'
     return f"train/epoch_{key.removeprefix('train_').removeprefix('epoch_')}"
+
+
+def run_description(variant: Variant, differences: dict[str, Any]) -> str:
+    """What a variant is, in one line: `sgformer_nano at 64 px, 8 epochs; differs from train:
+    drop_path_rate 0.1` (`differences`: `Params.differences`)."""
+    own = ', '.join(f'{key} {_text(value)}' for key, value in differences.items()) or 'nothing'
+    return f'{variant.model} at {variant.img_size} px, {variant.epochs} epochs; differs from train: {own}'
+
+
+def _text(value: Any) -> str:
+    """A value as params.yaml writes it."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
 def git_dirty(cwd: str | Path = '.') -> str | None:

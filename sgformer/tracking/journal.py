@@ -4,8 +4,10 @@ loses nothing. One session, one folder:
     <tracking.offline_dir>/<session>/queue.jsonl  line 1 the session (URI, experiment, run name, the
                                                   run it continues, source tags), then one operation
                                                   per line: params, tags, metrics (with step and time
-                                                  in ms), artifact (a path), dict, dataset, model
-                                                  (an export folder), end (status, time)
+                                                  in ms; maybe the name of the run's model they are
+                                                  linked to, and their dataset), artifact (a path),
+                                                  dict, dataset, model (an export folder), end
+                                                  (status, time)
     <tracking.offline_dir>/<session>/state.json   the run it logs into, operations that reached it
     <tracking.offline_dir>/<session>/lock         flock held while the session's process lives
 

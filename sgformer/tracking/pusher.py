@@ -4,10 +4,13 @@ the bounds and one-line reports of MLflow's trouble.
 MLflow does here what it already does well: `MlflowClient.log_batch` splits params, tags and
 metrics into batches the server accepts (100 params or tags, 1000 entities a request), so the
 pusher hands it each stretch of them whole; the source tags come from MLflow's own context
-registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py). Ours: skipping
-what a retried or replayed session already logged, and a new experiment's artifact location in a
-local store (journal.py's `store_artifact_location`; finding the run a session belongs to is
-replay.py's: resolving an offline run may replay the session that created it).
+registry (journal.py); the model is logged by `mlflow.pytorch` (logged_model.py); a metric linked
+to a LoggedModel is MLflow 3's `Metric(model_id=..., dataset_name=..., dataset_digest=...)` in the
+same batch. Ours: the experiment marked as model training, with its artifact location in a local
+store (journal.py's `store_artifact_location`), the model a metric is linked to looked up when it is
+sent (it may have reached MLflow only in a replay after the metric was queued), and skipping what a
+retried or replayed session already logged (finding the run a session belongs to is replay.py's:
+resolving an offline run may replay the session that created it).
 """
 import json
 import os
@@ -20,7 +23,10 @@ from tqdm import tqdm
 from .journal import store_artifact_location
 from .logged_model import find_logged_model, log_export, register_model
 
-__all__ = ['Pusher', 'bound_http', 'error_reason', 'print_warning']
+__all__ = ['EXPERIMENT_KIND', 'Pusher', 'bound_http', 'error_reason', 'print_warning']
+
+# MLflow's experiment kind tag and its "model training" value (the UI's CUSTOM_MODEL_DEVELOPMENT)
+EXPERIMENT_KIND = ('mlflow.experimentKind', 'custom_model_development')
 
 
 def bound_http(timeout_s: int) -> None:
@@ -53,8 +59,9 @@ def print_warning(message: str) -> None:
 
 class Pusher:
     """Logs a session's operations into its MLflow run, in order. Safe to repeat: with `dedup`,
-    metric points the run already holds are skipped; params, tags and artifacts overwrite
-    themselves, the store merges dataset inputs, and a run's model is logged once.
+    metric points the run (and, for linked ones, its model) already holds are skipped; params, tags
+    and artifacts overwrite themselves, the store merges dataset inputs, and a run's model is
+    logged once.
 
     Args:
         tracking_uri: the MLflow to log into.
@@ -69,6 +76,7 @@ class Pusher:
         self.client = client or mlflow.MlflowClient(tracking_uri)
         self.experiment_id = _experiment_id(self.client, header['experiment'], tracking_uri)
         self.run_id: str | None = None  # set by replay.resolve_run
+        self._model_ids: dict[tuple[str, str], str] = {}
 
     def push(self, ops: list[dict], *, dedup: bool = False) -> None:
         """Log `ops`; params, tags and metrics travel in batches between the other operations."""
@@ -76,15 +84,32 @@ class Pusher:
         batch = dict(metrics=[], params=[], tags=[])
         for op in ops:
             if op['op'] in batch:
-                batch[op['op']].extend(_entities(op, logged))
+                batch[op['op']].extend(_entities(op, logged, self._model_id(op)))
             else:
                 self._flush(batch)
                 getattr(self, f"_op_{op['op']}")(op)
         self._flush(batch)
 
-    def _logged_points(self, ops: list[dict]) -> set[tuple[str, int, int]]:
+    def _model_id(self, op: dict) -> str | None:
+        """The id of the run's READY model that a metrics op is linked to (`model`: its name),
+        looked up now; None for an op not linked, or while the run has no such model."""
+        key = (self.run_id, op.get('model'))
+        if op['op'] == 'metrics' and key[1] and key not in self._model_ids:
+            found = find_logged_model(self.client, self.experiment_id, self.run_id, key[1])
+            if found:
+                self._model_ids[key] = found
+        return self._model_ids.get(key)
+
+    def _logged_points(self, ops: list[dict]) -> set[tuple[str | None, str, int, int]]:
+        """`(None, key, step, time)` of the run's metric points of these keys, `(model id, ...)` of
+        the points of the models these ops are linked to."""
         keys = {key for op in ops if op['op'] == 'metrics' for key in op['metrics']}
-        return {(key, m.step, m.timestamp) for key in keys for m in self.client.get_metric_history(self.run_id, key)}
+        points = {(None, key, m.step, m.timestamp) for key in keys
+                  for m in self.client.get_metric_history(self.run_id, key)}
+        for model_id in {self._model_id(op) for op in ops} - {None}:
+            model = self.client.get_logged_model(model_id)
+            points |= {(model_id, m.key, m.step, m.timestamp) for m in model.metrics or []}
+        return points
 
     def _flush(self, batch: dict[str, list]) -> None:
         self.client.log_batch(self.run_id, **batch)  # no request when empty; splits what is over the limits
@@ -118,22 +143,32 @@ class Pusher:
         self.client.set_terminated(self.run_id, op['status'], end_time=op['ts'])
 
 
-def _entities(op: dict, logged: set) -> list:
+def _entities(op: dict, logged: set, model_id: str | None) -> list:
+    """An op's params, tags or metrics; metrics linked to `model_id` (and the op's dataset) when
+    given, a point left out when the run (and that model) holds it already."""
     from mlflow.entities import Metric, Param, RunTag
     if op['op'] == 'params':
         return [Param(k, v) for k, v in op['params'].items()]
     if op['op'] == 'tags':
         return [RunTag(k, v) for k, v in op['tags'].items()]
-    return [Metric(k, v, op['ts'], op['step']) for k, v in op['metrics'].items()
-            if (k, op['step'], op['ts']) not in logged]
+    dataset = op.get('dataset') or {}
+    link = dict(model_id=model_id, dataset_name=dataset.get('name'), dataset_digest=dataset.get('digest'))
+    return [Metric(k, v, op['ts'], op['step'], **(link if model_id else {})) for k, v in op['metrics'].items()
+            if not {(None, k, op['step'], op['ts']), (model_id, k, op['step'], op['ts'])} <= logged]
 
 
 def _experiment_id(client, name: str, tracking_uri: str) -> str:
+    """The experiment's id; created as a model-training experiment (`EXPERIMENT_KIND`), or marked
+    as one when it was created without a kind."""
     from mlflow.exceptions import MlflowException
+    tag, kind = EXPERIMENT_KIND
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=store_artifact_location(tracking_uri, name))
-    except MlflowException:  # created meanwhile by another stage
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=store_artifact_location(tracking_uri, name),
+                                            tags={tag: kind})
+        except MlflowException:  # created meanwhile by another stage
+            experiment = client.get_experiment_by_name(name)
+    if tag not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, tag, kind)
+    return experiment.experiment_id

@@ -6,7 +6,9 @@ may need the other: a session that continues an offline run replays the session 
 A session is replayed into the run it logged into, or the run it continues, or a new run when it
 never had one (its `offline-<session>` id, kept in card.json and checkpoints, then names that run:
 the run is tagged `sgformer.session`). Replaying is idempotent: metric points the run already has
-(same key, step and time), the model and the datasets are not logged twice.
+(same key, step and time; for linked ones, that its model has too), the model and the datasets are
+not logged twice. Sessions replay oldest first, so a train session's model is logged before the
+evaluate session whose metrics link to it.
 """
 from pathlib import Path
 

@@ -43,22 +43,27 @@ class Sender(threading.Thread):
         return self.retry_at > 0
 
     def connect(self) -> str | None:
-        """Reach MLflow now, as the caller needs the run id: replay older sessions of this URI
-        (first, so that a killed session of the same run is marked KILLED before this one
-        continues it), then find or create the run. None when MLflow is out of reach."""
+        """Reach MLflow now, as the caller needs the run id; None when MLflow is out of reach."""
         try:
-            self.pusher = Pusher(self.uri, self.header, self.root)  # looks the experiment up
-            self._replay_older()
-            self.session.save_state(resolve_run(self.pusher), 0)
+            self._reach()
             return self.pusher.run_id
         except Exception as e:  # whatever MLflow raises: the run goes on offline
             self._failed(e)
             return None
 
-    def _replay_older(self) -> None:
+    def _reach(self) -> None:
+        """Look the experiment up, replay older sessions of this URI (first, so that a killed
+        session of the same run is marked KILLED before this one continues it, and a model this
+        session's metrics link to is logged before them), then find or create the run."""
+        pusher = Pusher(self.uri, self.header, self.root)
+        self._replay_older(pusher.client)
+        self.session.save_state(resolve_run(pusher), self.pushed)
+        self.pusher = pusher
+
+    def _replay_older(self, client) -> None:
         """Replay the waiting sessions of this URI; one that fails (MLflow refuses an operation)
         stays for the replay command and does not keep this run from being tracked."""
-        _, failed = replay(self.root, only_uri=self.uri, client=self.pusher.client)
+        _, failed = replay(self.root, only_uri=self.uri, client=client)
         if failed:
             print_warning(f'{len(failed)} tracking session(s) waiting in {self.root} could not be replayed '
                           f'({failed[0][1]}); they stay there for `{REPLAY_COMMAND}`')
@@ -86,8 +91,7 @@ class Sender(threading.Thread):
     def _push(self) -> None:
         try:
             if self.pusher is None:  # offline since the start: the run may not exist yet
-                self.pusher = Pusher(self.uri, self.header, self.root)
-                resolve_run(self.pusher)
+                self._reach()
             self.pusher.push(self.pending, dedup=self.resync)
         except Exception as e:  # whatever MLflow raises: keep the operations, try later
             self._failed(e)

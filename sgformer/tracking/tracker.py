@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Data, Tracking
-from .context import beton_dataset, epoch_metric_name, flatten
+from .context import NOTE_TAG, beton_dataset, epoch_metric_name, flatten
 from .journal import OFFLINE_PREFIX, Session, now_ms, offline_root, session_header
 from .pusher import bound_http
 from .sender import Sender
@@ -66,10 +66,26 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._queue(dict(op='tags', tags={k: str(v) for k, v in tags.items()}))
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Metrics at `step`, timed now (the time travels with them through an outage)."""
-        self._queue(dict(op='metrics', metrics={k: float(v) for k, v in metrics.items()}, step=int(step),
-                         ts=now_ms()))
+    def describe(self, text: str) -> None:
+        """The run's description (`mlflow.note.content`, the run page's Description)."""
+        self.set_tags({NOTE_TAG: text})
+
+    def log_metrics(self, metrics: dict[str, float], step: int, *, model: str | None = None,
+                    dataset: dict[str, Any] | None = None) -> None:
+        """Metrics at `step`, timed now (the time travels with them through an outage).
+
+        Args:
+            model: also link them to the run's logged model of this name (MLflow 3's `model_id`),
+                so that the model carries them (the experiment's Models page); the model is looked
+                up when they are sent, so one still waiting in an older session's queue gets them
+                once that session is replayed first. While the run has no such model they are
+                the run's alone.
+            dataset: what they were measured on, with the link (`beton_dataset`: name and digest).
+        """
+        op = dict(op='metrics', metrics={k: float(v) for k, v in metrics.items()}, step=int(step), ts=now_ms())
+        if model:
+            op.update(model=model, dataset=dataset and dict(name=dataset['name'], digest=dataset['digest']))
+        self._queue(op)
 
     def log_step(self, metrics: dict[str, float], step: int) -> None:
         """Per-step training metrics, as `train/<name>` at optimizer step `step`."""

@@ -68,7 +68,7 @@ def with_class_count(name: str, variant: Variant, num_classes: int, *, where: Pa
 
 def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, runtime: Runtime,
                   checkpoint: Checkpoint, tracking: Tracking, val_crop_pct: float, paths: RunPaths,
-                  run_settings: dict[str, Any]) -> dict[str, float]:
+                  run_settings: dict[str, Any], description: str) -> dict[str, float]:
     """Train `variant` and export it; returns the final metrics (the last epoch's record, also in
     the export's card).
 
@@ -77,6 +77,7 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
     Args:
         val_crop_pct: the per-epoch validation's centre crop (`eval.crop_pct`, as the evaluate stage).
         run_settings: logged as the MLflow run's params (`Params.run_settings(name)`).
+        description: the MLflow run's description (`tracking.run_description`).
 
     Raises:
         PeerLostError: another rank died, or hung past `runtime.collective_timeout_s`.
@@ -114,6 +115,7 @@ def train_variant(name: str, variant: Variant, *, data: Data, loader: Loader, ru
             tracker.set_tags(dict(variant=name, stage='train', world_size=str(info.world_size), device=str(info.device),
                                   torch=torch.__version__, timm=timm.__version__, **_dirty_tag(), **dvc_tags()))
             tracker.log_data(data)
+            tracker.describe(description)
         try:
             history = trainer.fit(train, loader_at('val', variant.img_size), tracker=tracker,
                                   log_every=tracking.log_every_steps)
