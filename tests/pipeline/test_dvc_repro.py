@@ -4,15 +4,15 @@ throwaway copy of the repository with a shrunken params.yaml (the "tiny override
 - every stage's outputs, DVC metrics (one headline file per variant, the same keys in each), the
   charts that open `dvc plots show` and the MLflow store after the first `dvc repro`;
 - a second repro does nothing, and an edit to a module a stage imports marks that stage changed;
-- a team's data: `dvc push` to a folder remote, then a fresh `git clone` that `dvc pull`s is up
-  to date (no stage to rerun) and holds the betons and the exports;
 - every shell block of the README that is not marked `readme-test: skip`, extracted from the
   README itself and run verbatim in one bash session (activation included), against a generated
   ImageNet-layout folder for `/datasets/imagenet`, with COLUMNS=160: three DVC experiments whose
   comparison (`dvc exp show ...`, `dvc metrics show`, `dvc metrics diff`) prints every value in 160
   columns, `dvc plots diff`, the ImageNet profile's check, the significance
-  command, fine-tuning, transfer, and a sweep of queued experiments run by `dvc queue start`
-  (each one MLflow run per variant in the repository's store, tagged with its experiment).
+  command, fine-tuning, transfer, a sweep of queued experiments run by `dvc queue start` (each
+  one MLflow run per variant in the repository's store, tagged with its experiment), and a team
+  remote: `dvc push`, then a fresh `git clone` that `dvc pull`s is up to date (no stage to rerun)
+  and holds the betons and the exports.
 """
 import json
 import os
@@ -29,12 +29,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import commit, copy_repo, project_venv, shrink
+from conftest import GIT, commit, copy_repo, project_venv, shrink
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADLINE = ['top1', 'top5', 'img_s', 'params_m', 'gmacs', 'gpu_hours']  # sgformer.eval.evaluation.HEADLINE
 WIDTH = 160  # the terminal the README's comparison commands fit
 BLOCK = re.compile(r'(<!-- readme-test: skip \((?P<why>[^)]*)\) -->\n)?```bash\n(?P<code>.*?)```', re.S)
+
+
+GIT_IDENTITY = dict(GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t', GIT_COMMITTER_NAME='t', GIT_COMMITTER_EMAIL='t@t')
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -186,33 +189,6 @@ def test_a_queued_experiment_s_stages_run_with_the_repository_s_venv(tmp_path):
     assert Path(prefix).resolve() == project_venv().resolve()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_push_then_a_fresh_clone_pulls_the_betons_and_exports_and_nothing_reruns(demo, tmp_path):
-    repo, params, _ = demo
-    remote, clone = tmp_path / 'remote', tmp_path / 'clone'
-    dvc(repo, 'remote', 'add', '-d', 'team', str(remote))  # the README's team remote, a local folder here
-    commit(repo, 'team remote')
-    dvc(repo, 'push')
-    subprocess.run(['git', 'clone', '-q', str(repo), str(clone)], check=True)
-    dvc(clone, 'pull')
-    assert changed_stages(clone) == set()  # up to date: no stage to rerun, nothing retrained
-    assert 'Data and pipelines are up to date' in dvc(clone, 'status')
-    for path in ('data/betons/train.beton', 'data/betons/val.beton', 'data/betons/class_index.json',
-                 *(f'models/{v}/{name}' for v in params['variants'] for name in ('model.safetensors', 'card.json'))):
-        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
-    # what a clone does not get: the checkpoints (resume state) and the local MLflow store
-    assert not (clone / 'checkpoints').exists() and not (clone / 'mlflow.db').exists()
-    import timm
-    import torch
-    import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        pulled, original = (timm.create_model(f'local-dir:{r}/models/nano', pretrained=True).eval()(x)
-                            for r in (clone, repo))
-    torch.testing.assert_close(pulled, original)
-
-
 TOY_PIPELINE = """
 stages:
   gpus:
@@ -290,7 +266,7 @@ def test_readme_commands_run_verbatim(demo, tmp_path):
     for i, code in enumerate(blocks):
         script += [f'echo "::block {i}::"', code.replace('/datasets/imagenet', str(imagenet))]
     proc = subprocess.run(['bash', '-c', '\n'.join(script)], cwd=repo, capture_output=True, text=True,
-                          env=dict(env(COLUMNS=str(WIDTH)), PATH=os.environ['PATH']), timeout=3500)
+                          env=dict(env(COLUMNS=str(WIDTH), **GIT_IDENTITY), PATH=os.environ['PATH']), timeout=3500)
     outputs = dict(zip(blocks, re.split(r'::block \d+::\n', proc.stdout + proc.stderr)[1:]))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
@@ -326,11 +302,35 @@ def test_readme_commands_run_verbatim(demo, tmp_path):
     assert not (repo / '.mlflow-offline').exists()  # everything reached the store
     assert (repo / 'plots' / 'mine' / 'significance_stage0.png').exists()
 
+    check_the_teammate_s_clone(repo.parent / 'sgformer-teammate', repo, params)
+
     card = json.loads((repo / 'models' / 's' / 'card.json').read_text())  # the ImageNet profile's check
     assert card['model'] == 'sgformer_nano' and card['model_kwargs']['num_classes'] == 1000
     assert len(card['class_index']) == 1000
     evaluation = json.loads((repo / 'reports' / 'eval_s.json').read_text())
     assert evaluation['images'] == 1000 and evaluation['img_size'] == 64
+
+
+def check_the_teammate_s_clone(clone: Path, repo: Path, params: dict) -> None:
+    """The README's team remote: the fresh clone that pulled is up to date (no stage to rerun) and
+    holds the committed betons and exports, whose model gives the original's logits; it has no
+    checkpoints (the resume state) and no MLflow store."""
+    assert changed_stages(clone) == set()
+    lock = yaml.safe_load(subprocess.run(GIT + ['show', 'HEAD:dvc.lock'], cwd=repo, capture_output=True, text=True,
+                                         check=True).stdout)
+    for v in params['variants']:
+        (out,) = [o for o in lock['stages'][f'train@{v}']['outs'] if o['path'] == f'models/{v}']
+        assert out['md5'].endswith('.dir') and (clone / 'models' / v / 'model.safetensors').is_file()
+    for name in ('train.beton', 'val.beton', 'class_index.json'):
+        assert (clone / 'data' / 'betons' / name).is_file()
+    assert not (clone / 'checkpoints').exists() and not (clone / 'mlflow.db').exists()
+    import timm
+    import torch
+    import sgformer.models  # noqa: F401  (registers the sgformer_* models with timm)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        logits = timm.create_model(f'local-dir:{clone}/models/nano', pretrained=True).eval()(x)
+    assert logits.shape == (1, params['sample']['num_classes']) and torch.isfinite(logits).all()
 
 
 def check_the_comparison(repo: Path, shown: list[dict], printed: str) -> None:
