@@ -20,7 +20,7 @@ install: $(STAMP)
 .apt.ok:
 	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then :; else \
 		echo "installing $(APT_PACKAGES)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
 	@touch $@
 

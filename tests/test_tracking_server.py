@@ -540,7 +540,7 @@ def test_train_stage_survives_the_database_stopped_mid_run(team, tmp_path):
         database.start()
     (warning,) = warnings_in(stderr)
     assert 'unreachable (too many 503 error responses)' in warning and 'Traceback' not in stderr
-    assert (tmp_path / 'metrics' / 'nano.json').is_file()
+    assert (tmp_path / 'plots' / 'train' / 'nano.tsv').is_file()
     (session,) = (tmp_path / 'offline').iterdir()
     run_id = json.loads((tmp_path / 'models' / 'nano' / 'card.json').read_text())['mlflow_run_id']
 
