@@ -61,11 +61,11 @@ def train(folder: Path, params: Path, name: str) -> dict:
     out = folder / name
     command = [sys.executable, '-m', 'pipeline.train', '--params', str(params), '--variant', 'nano',
                '--report', str(folder / 'report.json'), '--models', str(out / 'models'),
-               '--checkpoints', str(out / 'checkpoints'), '--metrics', str(out / 'metrics'), '--plots', str(out / 'plots')]
+               '--checkpoints', str(out / 'checkpoints'), '--plots', str(out / 'plots')]
     env = dict(os.environ, PYTHONWARNINGS='ignore', MLFLOW_DISABLE_TELEMETRY='true', PYTHONPATH=str(REPO))
     seconds = timed(lambda: subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL))
-    metrics = json.loads((out / 'metrics' / 'nano.json').read_text())
-    history = (out / 'plots' / 'nano' / 'train.tsv').read_text().splitlines()
+    metrics = json.loads((out / 'models' / 'nano' / 'card.json').read_text())['metrics']  # the last epoch's
+    history = (out / 'plots' / 'train' / 'nano.tsv').read_text().splitlines()
     column = history[0].split('\t').index('img_size')
     return dict(wall_s=seconds, gpu_hours=metrics['gpu_hours'], top1=metrics['val_ema_top1'],
                 sides=[int(float(line.split('\t')[column])) for line in history[1:]])
