@@ -11,7 +11,7 @@ after the other in the same conditions (same sample, betons, numba cache); each 
 start-up included, as `dvc repro` runs the stage.
 """
 import argparse
-import json
+import csv
 import os
 import subprocess
 import sys
@@ -64,11 +64,10 @@ def train(folder: Path, params: Path, name: str) -> dict:
                '--checkpoints', str(out / 'checkpoints'), '--plots', str(out / 'plots')]
     env = dict(os.environ, PYTHONWARNINGS='ignore', MLFLOW_DISABLE_TELEMETRY='true', PYTHONPATH=str(REPO))
     seconds = timed(lambda: subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL))
-    metrics = json.loads((out / 'models' / 'nano' / 'card.json').read_text())['metrics']  # the last epoch's
-    history = (out / 'plots' / 'train' / 'nano.tsv').read_text().splitlines()
-    column = history[0].split('\t').index('img_size')
-    return dict(wall_s=seconds, gpu_hours=metrics['gpu_hours'], top1=metrics['val_ema_top1'],
-                sides=[int(float(line.split('\t')[column])) for line in history[1:]])
+    with open(out / 'plots' / 'train' / 'nano.tsv') as f:  # every epoch's record, the last one final
+        history = list(csv.DictReader(f, delimiter='\t'))
+    return dict(wall_s=seconds, gpu_hours=float(history[-1]['gpu_hours']), top1=float(history[-1]['val_ema_top1']),
+                sides=[int(float(epoch['img_size'])) for epoch in history])
 
 
 def main(argv=None) -> None:

@@ -360,6 +360,6 @@ def check_the_comparison(repo: Path, shown: list[dict], printed: str) -> None:
         assert all(f'{value:.5g}' in row.split() for value in top1) and all(str(lr) in row.split() for lr in lrs), row
     assert all(f'metrics/{v}.json' in printed for v in ('nano', 'nano_dp'))  # dvc metrics show / diff: one row each
     # COLUMNS is what rich obeys here: without the pager, the same table in fewer columns loses cells
-    narrow = dvc(repo, 'exp', 'show', '--all-commits', '--no-pager', '--only-changed', '--drop', '.*/', '--keep', '.*:top1$',
-                 COLUMNS='100')
+    narrow = dvc(repo, 'exp', 'show', '--all-commits', '--no-pager', '--only-changed', '--drop', '.*/',
+                 '--keep', '.*:top1$', COLUMNS='100')
     assert max(map(len, narrow.splitlines())) <= 100 and '…' in narrow
